@@ -1,0 +1,25 @@
+//! rsproxyd: a socket-activated proxy for systemd that waits for its backend.
+//!
+//! # Architecture
+//! In data-flow order:
+//! - [`cli`]: the command line, with systemd-socket-proxyd's spellings and error texts.
+//! - [`activation`]: the listening (or, with `Accept=yes`, connected) sockets from LISTEN_FDS.
+//! - [`notify`]: READY=1, STATUS=, STOPPING=1 and WATCHDOG=1 to systemd.
+//! - [`server`]: accept loops that take a client only once a backend connection is held,
+//!   the exact connection limit, the idle timer and the drain on stop.
+//! - [`target`] and [`backend`]: where to connect, and the shared cold-start probe.
+//! - [`relay`] and [`splice`]: the per-connection pump, read/write for small messages and
+//!   splice(2) for bulk, with half-close passed through.
+//! - [`logging`]: tracing to stderr, with journald priorities.
+//! - [`limits`]: every timeout, schedule and size, in one place.
+
+pub mod activation;
+pub mod backend;
+pub mod cli;
+pub mod limits;
+pub mod logging;
+pub mod notify;
+pub mod relay;
+pub mod server;
+pub mod splice;
+pub mod target;

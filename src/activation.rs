@@ -1,0 +1,230 @@
+//! Socket activation: the fds systemd passes in (LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES).
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
+use socket2::{Domain, SockRef, Type};
+
+/// The first fd systemd passes (SD_LISTEN_FDS_START).
+pub const LISTEN_FDS_START: RawFd = 3;
+
+/// How to fix a missing or broken activation environment; appended to those errors.
+const HOW_TO_RUN: &str =
+    "start rsproxyd from a .socket unit, or under systemd-socket-activate -l ADDRESS";
+
+/// A socket handed over by systemd.
+#[derive(Debug)]
+pub struct Activated {
+    pub fd: OwnedFd,
+    /// The fd number it arrived as, for messages.
+    pub number: RawFd,
+    /// A listening socket (`Accept=no`); otherwise one connected client (`Accept=yes`).
+    pub listening: bool,
+}
+
+/// Why the passed sockets cannot be served. The text is shown to users.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ActivationError {
+    #[error("Didn't get any sockets passed in: LISTEN_FDS is not set ({HOW_TO_RUN})")]
+    NoListenFds,
+    #[error("Didn't get any sockets passed in: LISTEN_FDS=0 ({HOW_TO_RUN})")]
+    ZeroListenFds,
+    #[error("LISTEN_FDS={0:?} is not a number of file descriptors ({HOW_TO_RUN})")]
+    BadListenFds(String),
+    #[error("LISTEN_FDS is set but LISTEN_PID is not, so the sockets cannot be ours ({HOW_TO_RUN})")]
+    NoListenPid,
+    #[error("LISTEN_PID={0:?} is not a process id ({HOW_TO_RUN})")]
+    BadListenPid(String),
+    #[error("LISTEN_PID={theirs} is not our pid {ours}: the sockets were passed to another process ({HOW_TO_RUN})")]
+    WrongPid { theirs: u32, ours: u32 },
+    #[error("passed fd {0} is not open")]
+    NotOpen(RawFd),
+    #[error("passed fd {0} is not a socket")]
+    NotSocket(RawFd),
+    #[error("passed fd {fd} is a {kind} socket; rsproxyd relays stream sockets only (ListenStream=)")]
+    NotStream { fd: RawFd, kind: String },
+    #[error("passed fd {fd} cannot be set up: {err}")]
+    Setup { fd: RawFd, err: String },
+}
+
+/// Checks LISTEN_PID and LISTEN_FDS as sd_listen_fds(3) does and returns how many fds were
+/// passed, starting at fd 3.
+pub fn parse_listen_env(
+    listen_pid: Option<&str>,
+    listen_fds: Option<&str>,
+    our_pid: u32,
+) -> Result<usize, ActivationError> {
+    let fds = listen_fds.ok_or(ActivationError::NoListenFds)?;
+    let count: usize = fds
+        .trim()
+        .parse()
+        .ok()
+        .filter(|n| *n <= (i32::MAX - LISTEN_FDS_START) as usize)
+        .ok_or_else(|| ActivationError::BadListenFds(fds.into()))?;
+    let pid = listen_pid.ok_or(ActivationError::NoListenPid)?;
+    let theirs: u32 = pid
+        .trim()
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| ActivationError::BadListenPid(pid.into()))?;
+    if theirs != our_pid {
+        return Err(ActivationError::WrongPid {
+            theirs,
+            ours: our_pid,
+        });
+    }
+    if count == 0 {
+        return Err(ActivationError::ZeroListenFds);
+    }
+    Ok(count)
+}
+
+/// Takes the passed sockets from the environment and removes the LISTEN_* variables.
+/// Must run before any thread is started (it changes the environment).
+pub fn take_from_env() -> Result<Vec<Activated>, ActivationError> {
+    let pid = std::env::var("LISTEN_PID").ok();
+    let fds = std::env::var("LISTEN_FDS").ok();
+    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    let count = parse_listen_env(pid.as_deref(), fds.as_deref(), std::process::id())?;
+    (0..count as RawFd)
+        .map(|i| adopt(LISTEN_FDS_START + i))
+        .collect()
+}
+
+/// Takes ownership of one passed fd after checking that it is a stream socket, and makes it
+/// close-on-exec and non-blocking.
+fn adopt(number: RawFd) -> Result<Activated, ActivationError> {
+    if fcntl(number, FcntlArg::F_GETFD).is_err() {
+        return Err(ActivationError::NotOpen(number));
+    }
+    // SAFETY: systemd passed this fd to us (LISTEN_PID matched) and it is open; nothing else
+    // in the process owns it, and each number is adopted once.
+    let fd = unsafe { OwnedFd::from_raw_fd(number) };
+    classify(fd, number)
+}
+
+/// Checks that `fd` is a stream socket and prepares it for the event loop.
+pub fn classify(fd: OwnedFd, number: RawFd) -> Result<Activated, ActivationError> {
+    let stat = nix::sys::stat::fstat(number).map_err(|_| ActivationError::NotOpen(number))?;
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(ActivationError::NotSocket(number));
+    }
+    let sock = SockRef::from(&fd);
+    let setup = |e: std::io::Error| ActivationError::Setup {
+        fd: number,
+        err: e.to_string(),
+    };
+    let ty = sock.r#type().map_err(setup)?;
+    if ty != Type::STREAM {
+        let kind = match ty {
+            Type::DGRAM => "datagram".to_string(),
+            Type::SEQPACKET => "seqpacket".to_string(),
+            Type::RAW => "raw".to_string(),
+            other => format!("type {other:?}"),
+        };
+        return Err(ActivationError::NotStream { fd: number, kind });
+    }
+    let listening = sock.is_listener().map_err(setup)?;
+    fcntl(number, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .map_err(|e| setup(e.into()))?;
+    let flags = fcntl(number, FcntlArg::F_GETFL).map_err(|e| setup(e.into()))?;
+    fcntl(
+        number,
+        FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
+    )
+    .map_err(|e| setup(e.into()))?;
+    if matches!(sock.domain(), Ok(d) if d == Domain::IPV4 || d == Domain::IPV6) {
+        // Accepted sockets inherit TCP_NODELAY; small messages must not wait for Nagle.
+        let _ = sock.set_nodelay(true);
+    }
+    Ok(Activated {
+        fd,
+        number,
+        listening,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The activation environment is accepted only when it is complete and meant for us.
+    #[test]
+    fn listen_env_table() {
+        use ActivationError::*;
+        let ours = 4242;
+        let table: Vec<(Option<&str>, Option<&str>, Result<usize, ActivationError>)> = vec![
+            (Some("4242"), Some("1"), Ok(1)),
+            (Some("4242"), Some("3"), Ok(3)),
+            (Some(" 4242"), Some("2 "), Ok(2)),
+            (None, None, Err(NoListenFds)),
+            (Some("4242"), None, Err(NoListenFds)),
+            (Some("4242"), Some("0"), Err(ZeroListenFds)),
+            (Some("4242"), Some(""), Err(BadListenFds("".into()))),
+            (Some("4242"), Some("-1"), Err(BadListenFds("-1".into()))),
+            (Some("4242"), Some("two"), Err(BadListenFds("two".into()))),
+            (
+                Some("4242"),
+                Some("99999999999"),
+                Err(BadListenFds("99999999999".into())),
+            ),
+            (None, Some("1"), Err(NoListenPid)),
+            (Some(""), Some("1"), Err(BadListenPid("".into()))),
+            (Some("0"), Some("1"), Err(BadListenPid("0".into()))),
+            (Some("abc"), Some("1"), Err(BadListenPid("abc".into()))),
+            (
+                Some("1"),
+                Some("1"),
+                Err(WrongPid {
+                    theirs: 1,
+                    ours: 4242,
+                }),
+            ),
+        ];
+        for (pid, fds, want) in table {
+            assert_eq!(parse_listen_env(pid, fds, ours), want, "{pid:?} {fds:?}");
+        }
+    }
+
+    /// Every activation error that a user can cause says how to start rsproxyd properly.
+    #[test]
+    fn env_errors_say_how_to_run() {
+        for e in [
+            ActivationError::NoListenFds,
+            ActivationError::ZeroListenFds,
+            ActivationError::NoListenPid,
+        ] {
+            assert!(e.to_string().contains("systemd-socket-activate"), "{e}");
+        }
+        assert!(ActivationError::NoListenFds
+            .to_string()
+            .starts_with("Didn't get any sockets passed in"));
+    }
+
+    /// Listening and connected stream sockets are told apart; datagram sockets and files refused.
+    #[test]
+    fn classify_sockets() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let c = std::net::TcpStream::connect(addr).unwrap();
+        let n = std::os::fd::AsRawFd::as_raw_fd(&l);
+        let a = classify(OwnedFd::from(l), n).unwrap();
+        assert!(a.listening);
+        let n = std::os::fd::AsRawFd::as_raw_fd(&c);
+        let a = classify(OwnedFd::from(c), n).unwrap();
+        assert!(!a.listening);
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let n = std::os::fd::AsRawFd::as_raw_fd(&u);
+        let e = classify(OwnedFd::from(u), n).unwrap_err();
+        assert!(e.to_string().contains("datagram"), "{e}");
+        let f = std::fs::File::open("/dev/null").unwrap();
+        let n = std::os::fd::AsRawFd::as_raw_fd(&f);
+        assert_eq!(
+            classify(OwnedFd::from(f), n).unwrap_err(),
+            ActivationError::NotSocket(n)
+        );
+    }
+}

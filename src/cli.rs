@@ -1,0 +1,384 @@
+//! The command line: systemd-socket-proxyd's spellings, its error texts, and the new options.
+
+use std::ffi::OsString;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::limits::{DEFAULT_CONNECTIONS_MAX, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT};
+use crate::target::Target;
+
+/// Bidirectionally proxy local sockets passed by systemd to another socket, waiting for a
+/// backend that is still starting.
+#[derive(Parser, Debug)]
+#[command(
+    name = "rsproxyd",
+    version,
+    about,
+    long_about = None,
+    after_help = "TARGET is HOST:PORT, [IPV6]:PORT, /path/to/unix.sock or @abstract-name.\n\
+                  TIME is a systemd time span: 500ms, 30s, 5min, '1h 30min', a bare number \
+                  of seconds, or infinity.\n\
+                  Start rsproxyd from a .socket unit, or under systemd-socket-activate."
+)]
+pub struct Args {
+    /// Allow at most N relayed connections at once; others wait in the socket's queue
+    #[arg(short = 'c', long = "connections-max", value_name = "N")]
+    connections_max: Option<String>,
+
+    /// Exit after TIME without connections, counted from start-up too
+    #[arg(long = "exit-idle-time", value_name = "TIME")]
+    exit_idle_time: Option<String>,
+
+    /// How long a client may wait for the backend to start listening (0: one attempt)
+    #[arg(long = "connect-timeout", value_name = "TIME")]
+    connect_timeout: Option<String>,
+
+    /// How long relays in flight may finish after SIGTERM before rsproxyd exits anyway
+    #[arg(long = "drain-timeout", value_name = "TIME")]
+    drain_timeout: Option<String>,
+
+    /// Exit when the backend goes away or never comes up, so the next connection
+    /// re-activates the proxy unit and, through Wants=, the backend
+    #[arg(long = "follow-backend")]
+    follow_backend: bool,
+
+    /// Where to relay connections to
+    #[arg(value_name = "TARGET", num_args = 0..)]
+    targets: Vec<String>,
+}
+
+/// Everything the daemon needs from its command line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub target: Target,
+    pub connections_max: usize,
+    /// `None` is infinity.
+    pub exit_idle_time: Option<Duration>,
+    /// `None` is infinity.
+    pub connect_timeout: Option<Duration>,
+    pub drain_timeout: Duration,
+    pub follow_backend: bool,
+}
+
+/// A command line that cannot be run. The texts keep systemd-socket-proxyd's where users
+/// grep for them.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CliError {
+    #[error("Not enough parameters.\nUsage: rsproxyd [OPTIONS] TARGET (see --help)")]
+    NotEnoughParameters,
+    #[error("Too many parameters: {0:?}.\nUsage: rsproxyd [OPTIONS] TARGET (exactly one TARGET)")]
+    TooManyParameters(Vec<String>),
+    #[error("Failed to parse --connections-max= argument: {0} (expected a whole number, 1 or more)")]
+    ConnectionsMax(String),
+    #[error("Failed to parse --{flag}= argument: {value} ({why})")]
+    Time {
+        flag: &'static str,
+        value: String,
+        why: String,
+    },
+    #[error("Failed to parse TARGET: {0}")]
+    Target(#[from] crate::target::TargetError),
+}
+
+/// What parsing the command line led to.
+#[derive(Debug)]
+pub enum Parsed {
+    Run(Config),
+    /// `--help` or `--version`: print this and exit 0.
+    Info(String),
+}
+
+/// Parses the command line. Errors from clap itself (unknown flags, missing values) are
+/// returned as their rendered text, already naming the flag.
+pub fn parse<I, T>(args: I) -> Result<Parsed, String>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    match Args::try_parse_from(args) {
+        Ok(args) => args.into_config().map(Parsed::Run).map_err(|e| e.to_string()),
+        Err(e) => match e.kind() {
+            clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                Ok(Parsed::Info(e.render().to_string()))
+            }
+            _ => Err(e.render().to_string().trim_end().to_string()),
+        },
+    }
+}
+
+impl Args {
+    fn into_config(self) -> Result<Config, CliError> {
+        let connections_max = match self.connections_max {
+            None => DEFAULT_CONNECTIONS_MAX,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if n >= 1 => n,
+                _ => return Err(CliError::ConnectionsMax(v)),
+            },
+        };
+        let exit_idle_time = parse_time_flag("exit-idle-time", self.exit_idle_time, None)?;
+        let connect_timeout = parse_time_flag(
+            "connect-timeout",
+            self.connect_timeout,
+            Some(DEFAULT_CONNECT_TIMEOUT),
+        )?;
+        let drain_timeout = parse_time_flag(
+            "drain-timeout",
+            self.drain_timeout,
+            Some(DEFAULT_DRAIN_TIMEOUT),
+        )?
+        .unwrap_or(Duration::MAX);
+        let target = match self.targets.as_slice() {
+            [] => return Err(CliError::NotEnoughParameters),
+            [one] => one.parse()?,
+            _ => return Err(CliError::TooManyParameters(self.targets)),
+        };
+        Ok(Config {
+            target,
+            connections_max,
+            exit_idle_time,
+            connect_timeout,
+            drain_timeout,
+            follow_backend: self.follow_backend,
+        })
+    }
+}
+
+fn parse_time_flag(
+    flag: &'static str,
+    value: Option<String>,
+    default: Option<Duration>,
+) -> Result<Option<Duration>, CliError> {
+    match value {
+        None => Ok(default),
+        Some(v) => parse_timespan(&v).map_err(|why| CliError::Time {
+            flag,
+            value: v,
+            why,
+        }),
+    }
+}
+
+/// Parses a systemd.time(7) span (`30s`, `5min`, `1h 30min`, `500ms`, a bare number of
+/// seconds, `infinity`). Returns `None` for infinity.
+pub fn parse_timespan(s: &str) -> Result<Option<Duration>, String> {
+    const PARSER: fundu_systemd::TimeSpanParser = fundu_systemd::TimeSpanParser::new();
+    if s.trim() != "infinity" {
+        every_unit_has_a_number(s)?;
+    }
+    let parsed = PARSER.parse(s).map_err(|e| e.to_string())?;
+    if parsed == fundu_systemd::SYSTEMD_MAX_MICRO_DURATION {
+        return Ok(None);
+    }
+    let d: Duration = parsed
+        .try_into()
+        .map_err(|_| "not a valid time span".to_string())?;
+    Ok(Some(d))
+}
+
+/// systemd (252) refuses a unit with no number before it (`second`, `s5`, `5s min`), which
+/// fundu takes as 1 of that unit; this check makes both agree.
+fn every_unit_has_a_number(s: &str) -> Result<(), String> {
+    let mut expect_number = true;
+    let mut chars = s.chars().peekable();
+    while let Some(&c) = chars.peek() {
+        if c.is_whitespace() {
+            chars.next();
+        } else if c.is_ascii_digit() || c == '.' {
+            let mut dots = 0;
+            while let Some(c) = chars.next_if(|c| c.is_ascii_digit() || *c == '.') {
+                dots += usize::from(c == '.');
+            }
+            if dots > 1 {
+                return Err("a number with more than one '.'".into());
+            }
+            expect_number = false;
+        } else if expect_number {
+            return Err(format!("'{c}' where a number was expected"));
+        } else {
+            while chars
+                .peek()
+                .is_some_and(|c| !c.is_whitespace() && !c.is_ascii_digit() && *c != '.')
+            {
+                chars.next();
+            }
+            expect_number = true;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["rsproxyd"];
+        argv.extend_from_slice(args);
+        match parse(argv)? {
+            Parsed::Run(c) => Ok(c),
+            Parsed::Info(i) => Err(format!("info: {i}")),
+        }
+    }
+
+    /// Every spelling systemd-socket-proxyd accepts gives the same settings here.
+    #[test]
+    fn drop_in_spellings() {
+        let table: Vec<(Vec<&str>, usize, Option<Duration>)> = vec![
+            (vec!["127.0.0.1:80"], 256, None),
+            (vec!["--connections-max=10", "127.0.0.1:80"], 10, None),
+            (vec!["--connections-max", "10", "127.0.0.1:80"], 10, None),
+            (vec!["-c10", "127.0.0.1:80"], 10, None),
+            (vec!["-c", "10", "127.0.0.1:80"], 10, None),
+            (vec!["127.0.0.1:80", "-c", "1"], 1, None),
+            (
+                vec!["--exit-idle-time=5min", "127.0.0.1:80"],
+                256,
+                Some(Duration::from_secs(300)),
+            ),
+            (
+                vec!["--exit-idle-time", "1h 30min", "127.0.0.1:80"],
+                256,
+                Some(Duration::from_secs(5400)),
+            ),
+            (
+                vec!["--exit-idle-time=500ms", "127.0.0.1:80"],
+                256,
+                Some(Duration::from_millis(500)),
+            ),
+            (
+                vec!["--exit-idle-time=7", "127.0.0.1:80"],
+                256,
+                Some(Duration::from_secs(7)),
+            ),
+            (vec!["--exit-idle-time=infinity", "127.0.0.1:80"], 256, None),
+            (
+                vec!["--exit-idle-time=0", "127.0.0.1:80"],
+                256,
+                Some(Duration::ZERO),
+            ),
+        ];
+        for (args, conns, idle) in table {
+            let c = run(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert_eq!(c.connections_max, conns, "{args:?}");
+            assert_eq!(c.exit_idle_time, idle, "{args:?}");
+            assert_eq!(c.connect_timeout, Some(DEFAULT_CONNECT_TIMEOUT), "{args:?}");
+            assert!(!c.follow_backend);
+        }
+    }
+
+    /// The new options parse, with 0 meaning a single attempt and infinity no limit.
+    #[test]
+    fn new_options() {
+        let c = run(&[
+            "--connect-timeout=0",
+            "--drain-timeout=2s",
+            "--follow-backend",
+            "/run/x.sock",
+        ])
+        .unwrap();
+        assert_eq!(c.connect_timeout, Some(Duration::ZERO));
+        assert_eq!(c.drain_timeout, Duration::from_secs(2));
+        assert!(c.follow_backend);
+        let c = run(&["--connect-timeout=infinity", "@x"]).unwrap();
+        assert_eq!(c.connect_timeout, None);
+    }
+
+    /// Bad command lines are refused with a message naming the flag or value.
+    #[test]
+    fn bad_command_lines() {
+        let table: Vec<(Vec<&str>, &str)> = vec![
+            (vec![], "Not enough parameters."),
+            (vec!["-c", "5"], "Not enough parameters."),
+            (vec!["a:1", "b:2"], "Too many parameters"),
+            (vec!["-c", "0", "a:1"], "Failed to parse --connections-max= argument: 0"),
+            (vec!["-c", "-3", "a:1"], "-3"),
+            (vec!["-cfoo", "a:1"], "Failed to parse --connections-max= argument: foo"),
+            (vec!["--connections-max=", "a:1"], "Failed to parse --connections-max= argument: "),
+            (vec!["--connections-max=99999999999999999999999", "a:1"], "--connections-max="),
+            (vec!["--exit-idle-time=5x", "a:1"], "Failed to parse --exit-idle-time= argument: 5x"),
+            (vec!["--exit-idle-time=", "a:1"], "Failed to parse --exit-idle-time= argument: "),
+            (vec!["--exit-idle-time=-1s", "a:1"], "--exit-idle-time= argument: -1s"),
+            (vec!["--connect-timeout=soon", "a:1"], "--connect-timeout= argument: soon"),
+            (vec!["--drain-timeout=1e3", "a:1"], "--drain-timeout= argument: 1e3"),
+            (vec!["--bogus", "a:1"], "--bogus"),
+            (vec!["--exit-idle-time"], "--exit-idle-time"),
+            (vec!["-c"], "-c"),
+            (vec!["127.0.0.1"], "has no port"),
+            (vec!["[::1]"], "has no port"),
+        ];
+        for (args, want) in table {
+            let err = run(&args).expect_err(&format!("{args:?} should fail"));
+            assert!(err.contains(want), "{args:?}: got {err:?}, want {want:?}");
+        }
+    }
+
+    /// --help and --version are not errors.
+    #[test]
+    fn help_and_version() {
+        for flag in ["--help", "-h", "--version"] {
+            match parse(["rsproxyd", flag]) {
+                Ok(Parsed::Info(text)) => assert!(text.contains("rsproxyd"), "{flag}: {text}"),
+                other => panic!("{flag}: {other:?}"),
+            }
+        }
+    }
+
+    /// Time spans agree with `systemd-analyze timespan` (values in microseconds, as it prints them).
+    #[test]
+    fn timespans_match_systemd_analyze() {
+        for (input, micros) in TIMESPAN_TABLE {
+            let got = parse_timespan(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+            let want = (*micros != u64::MAX).then(|| Duration::from_micros(*micros));
+            assert_eq!(got, want, "{input}");
+        }
+        for bad in ["", "5x", "-1s", "1e3", "s5", "second", "s 5", "min5", "5s min", "infinity s", "1..2s"] {
+            assert!(parse_timespan(bad).is_err(), "{bad:?} should be refused");
+        }
+    }
+
+    /// Asks the installed `systemd-analyze timespan` about the same table, so the table above
+    /// is checked against systemd itself wherever systemd is installed.
+    #[test]
+    fn timespan_table_is_what_systemd_says() {
+        let Ok(out) = std::process::Command::new("systemd-analyze")
+            .arg("timespan")
+            .args(TIMESPAN_TABLE.iter().map(|(i, _)| *i))
+            .output()
+        else {
+            eprintln!("systemd-analyze not installed: table checked against its stored values only");
+            return;
+        };
+        let text = String::from_utf8_lossy(&out.stdout);
+        let said: Vec<u64> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("μs: "))
+            .map(|v| v.trim().parse().expect("μs value"))
+            .collect();
+        let want: Vec<u64> = TIMESPAN_TABLE.iter().map(|(_, m)| *m).collect();
+        assert_eq!(said, want, "systemd-analyze said:\n{text}");
+    }
+
+    /// Inputs and `systemd-analyze timespan` answers (μs), recorded on Debian 12's systemd 252.
+    const TIMESPAN_TABLE: &[(&str, u64)] = &[
+        ("0", 0),
+        ("30s", 30_000_000),
+        ("5min", 300_000_000),
+        ("1h 30min", 5_400_000_000),
+        ("500ms", 500_000),
+        ("7", 7_000_000),
+        ("1.5s", 1_500_000),
+        ("2 hours", 7_200_000_000),
+        ("1d", 86_400_000_000),
+        ("1w", 604_800_000_000),
+        ("1M", 2_629_800_000_000),
+        ("1y", 31_557_600_000_000),
+        ("250us", 250),
+        ("55s500ms", 55_500_000),
+        ("1min 1s 1ms 1us", 61_001_001),
+        ("5 5", 10_000_000),
+        ("1s5", 6_000_000),
+        ("5 s", 5_000_000),
+        ("infinity", u64::MAX),
+    ];
+}

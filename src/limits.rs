@@ -1,0 +1,104 @@
+//! Every timeout, schedule and size the daemon uses, named in one place.
+
+use std::time::Duration;
+
+/// Default for `--connections-max`, the same as systemd-socket-proxyd.
+pub const DEFAULT_CONNECTIONS_MAX: usize = 256;
+
+/// Default for `--connect-timeout`: how long clients may wait for a cold backend.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default for `--drain-timeout`: how long relays in flight may run after SIGTERM.
+pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Probe delay while the backend has been cold for less than [`PROBE_FAST_FOR`].
+pub const PROBE_FAST_DELAY: Duration = Duration::from_millis(1);
+
+/// How long the cold-start probe runs at [`PROBE_FAST_DELAY`] (most backends bind by then).
+pub const PROBE_FAST_FOR: Duration = Duration::from_millis(500);
+
+/// Probe delay after that, until [`PROBE_MEDIUM_FOR`].
+pub const PROBE_MEDIUM_DELAY: Duration = Duration::from_millis(2);
+
+/// How long the probe runs at [`PROBE_MEDIUM_DELAY`] before slowing to [`PROBE_SLOW_DELAY`].
+pub const PROBE_MEDIUM_FOR: Duration = Duration::from_secs(5);
+
+/// Probe delay for backends that take longer than [`PROBE_MEDIUM_FOR`] to start.
+/// Still under the 5 ms budget between the backend's bind and the client's connection.
+pub const PROBE_SLOW_DELAY: Duration = Duration::from_millis(4);
+
+/// How often names in TARGET are resolved again while the probe runs.
+pub const PROBE_RESOLVE_EVERY: Duration = Duration::from_secs(1);
+
+/// First pause after accept() or socket() fails for lack of file descriptors.
+pub const FD_BACKOFF_MIN: Duration = Duration::from_millis(10);
+
+/// Longest such pause.
+pub const FD_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// How often STATUS= is refreshed for `systemctl status` (only when something changed).
+pub const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Size of the per-thread buffer for the read/write relay; a read that fills it
+/// switches that direction to splice(2).
+pub const COPY_BUFFER: usize = 64 * 1024;
+
+/// Capacity asked of each splice pipe with F_SETPIPE_SZ (the kernel may round or refuse).
+pub const PIPE_SIZE: usize = 256 * 1024;
+
+/// Longest unix socket path (sun_path holds 108 bytes including the NUL).
+pub const UNIX_PATH_MAX: usize = 107;
+
+/// Returns how long the cold-start probe sleeps after a refused attempt, given how long the
+/// backend has been cold.
+pub fn probe_delay(cold_for: Duration) -> Duration {
+    if cold_for < PROBE_FAST_FOR {
+        PROBE_FAST_DELAY
+    } else if cold_for < PROBE_MEDIUM_FOR {
+        PROBE_MEDIUM_DELAY
+    } else {
+        PROBE_SLOW_DELAY
+    }
+}
+
+/// Returns the pause after the `n`th consecutive fd-exhaustion failure (n starts at 0).
+pub fn fd_backoff(n: u32) -> Duration {
+    FD_BACKOFF_MIN
+        .saturating_mul(1u32 << n.min(16))
+        .min(FD_BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The probe schedule is fine-grained at first and never sleeps longer than 4 ms.
+    #[test]
+    fn probe_schedule_table() {
+        let table = [
+            (0, 1),
+            (1, 1),
+            (499, 1),
+            (500, 2),
+            (4_999, 2),
+            (5_000, 4),
+            (3_600_000, 4),
+        ];
+        for (cold_ms, want_ms) in table {
+            assert_eq!(
+                probe_delay(Duration::from_millis(cold_ms)),
+                Duration::from_millis(want_ms),
+                "cold for {cold_ms} ms"
+            );
+        }
+    }
+
+    /// The fd backoff doubles from 10 ms and is capped at one second.
+    #[test]
+    fn fd_backoff_table() {
+        let table = [(0, 10), (1, 20), (2, 40), (6, 640), (7, 1000), (40, 1000)];
+        for (n, want_ms) in table {
+            assert_eq!(fd_backoff(n), Duration::from_millis(want_ms), "attempt {n}");
+        }
+    }
+}

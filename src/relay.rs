@@ -1,0 +1,211 @@
+//! One relayed connection: two directions, each byte-exact, with half-close passed through
+//! and an error on either side closing both.
+
+use std::cell::RefCell;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use nix::sys::socket::{shutdown, Shutdown};
+use tokio::io::unix::AsyncFd;
+
+use crate::limits::COPY_BUFFER;
+use crate::splice::Pipe;
+
+thread_local! {
+    /// The read/write relay's buffer: one per worker thread, so an idle connection holds none.
+    static BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; COPY_BUFFER]);
+}
+
+/// Bytes moved in each direction of a finished relay.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Moved {
+    pub to_backend: u64,
+    pub to_client: u64,
+}
+
+/// Relays between `client` and `backend` until both directions have seen EOF, or one side
+/// fails. EOF from one side becomes shutdown(SHUT_WR) on the other once its data is
+/// delivered; on an error both sockets are reset so neither peer waits for more.
+pub async fn relay(client: &AsyncFd<OwnedFd>, backend: &AsyncFd<OwnedFd>) -> io::Result<Moved> {
+    let result = tokio::try_join!(pump(client, backend), pump(backend, client));
+    match result {
+        Ok((to_backend, to_client)) => Ok(Moved {
+            to_backend,
+            to_client,
+        }),
+        Err(e) => {
+            for side in [client, backend] {
+                let _ = socket2::SockRef::from(side.get_ref())
+                    .set_linger(Some(std::time::Duration::ZERO));
+            }
+            Err(e)
+        }
+    }
+}
+
+/// What one read did.
+enum Step {
+    Eof,
+    /// `n` bytes read; `full` when they filled the whole buffer (bulk traffic).
+    Data { n: usize, full: bool },
+}
+
+/// Copies `src` to `dst` until EOF, then shuts down `dst` for writing. Starts with plain
+/// read/write (cheapest for small messages) and switches to splice once a read fills the
+/// buffer, i.e. once the direction carries bulk data.
+async fn pump(src: &AsyncFd<OwnedFd>, dst: &AsyncFd<OwnedFd>) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut spill: Vec<u8> = Vec::new();
+    let mut pipe: Option<Pipe> = None;
+    let mut splice_ok = true;
+    loop {
+        if let Some(p) = &pipe {
+            let n = on_readable(src, |_| p.fill(src.get_ref())).await;
+            let n = match n {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    // This pair of fds cannot splice; go back to read/write for good.
+                    pipe = None;
+                    splice_ok = false;
+                    continue;
+                }
+                r => r?,
+            };
+            if n == 0 {
+                break;
+            }
+            let mut left = n;
+            while left > 0 {
+                match on_writable(dst, |_| p.drain(dst.get_ref(), left)).await {
+                    Ok(m) => left -= m,
+                    Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                        drain_pipe_by_copy(p, left, dst).await?;
+                        left = 0;
+                        splice_ok = false;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            total += n as u64;
+            if !splice_ok {
+                pipe = None;
+            }
+            continue;
+        }
+        match on_readable(src, |fd| copy_once(fd, dst.get_ref(), &mut spill)).await? {
+            Step::Eof => break,
+            Step::Data { n, full } => {
+                total += n as u64;
+                if !spill.is_empty() {
+                    flush(dst, &mut spill).await?;
+                }
+                if full && splice_ok {
+                    match Pipe::new() {
+                        Ok(p) => pipe = Some(p),
+                        Err(e) => {
+                            tracing::debug!("no pipe for splice ({e}); staying with read/write");
+                            splice_ok = false;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    match shutdown(dst.get_ref().as_raw_fd(), Shutdown::Write) {
+        Ok(()) | Err(nix::errno::Errno::ENOTCONN) => Ok(total),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Reads once from `src` into the thread's buffer and writes as much as `dst` takes at
+/// once; what it does not take goes to `spill`. Runs without awaiting, so the buffer is
+/// never held across a suspension.
+fn copy_once(src: &OwnedFd, dst: &OwnedFd, spill: &mut Vec<u8>) -> io::Result<Step> {
+    BUFFER.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        let n = retry_eintr(|| nix::unistd::read(src.as_raw_fd(), &mut buf[..]))?;
+        if n == 0 {
+            return Ok(Step::Eof);
+        }
+        let mut off = 0;
+        while off < n {
+            match retry_eintr(|| nix::unistd::write(dst, &buf[off..n])) {
+                Ok(w) => off += w,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(e),
+            }
+        }
+        spill.extend_from_slice(&buf[off..n]);
+        Ok(Step::Data {
+            n,
+            full: n == buf.len(),
+        })
+    })
+}
+
+/// Writes all of `spill` to `dst`, waiting for room, and frees it.
+async fn flush(dst: &AsyncFd<OwnedFd>, spill: &mut Vec<u8>) -> io::Result<()> {
+    let mut off = 0;
+    while off < spill.len() {
+        off += on_writable(dst, |fd| {
+            retry_eintr(|| nix::unistd::write(fd, &spill[off..]))
+        })
+        .await?;
+    }
+    *spill = Vec::new();
+    Ok(())
+}
+
+/// Moves `left` bytes already in `pipe` to `dst` by read/write.
+async fn drain_pipe_by_copy(pipe: &Pipe, mut left: usize, dst: &AsyncFd<OwnedFd>) -> io::Result<()> {
+    let mut buf = vec![0u8; left.min(crate::limits::COPY_BUFFER)];
+    while left > 0 {
+        let want = left.min(buf.len());
+        let n = pipe.read_into(&mut buf[..want])?;
+        let mut chunk = buf[..n].to_vec();
+        flush(dst, &mut chunk).await?;
+        left -= n;
+    }
+    Ok(())
+}
+
+fn retry_eintr<T>(mut f: impl FnMut() -> nix::Result<T>) -> io::Result<T> {
+    loop {
+        match f() {
+            Err(nix::errno::Errno::EINTR) => continue,
+            r => return r.map_err(io::Error::from),
+        }
+    }
+}
+
+/// Runs `f` once `fd` is readable, again after each spurious wake-up.
+async fn on_readable<T>(
+    fd: &AsyncFd<OwnedFd>,
+    mut f: impl FnMut(&OwnedFd) -> io::Result<T>,
+) -> io::Result<T> {
+    loop {
+        let mut guard = fd.readable().await?;
+        if let Ok(r) = guard.try_io(|inner| f(inner.get_ref())) {
+            return r;
+        }
+    }
+}
+
+/// Runs `f` once `fd` is writable, again after each spurious wake-up.
+async fn on_writable<T>(
+    fd: &AsyncFd<OwnedFd>,
+    mut f: impl FnMut(&OwnedFd) -> io::Result<T>,
+) -> io::Result<T> {
+    loop {
+        let mut guard = fd.writable().await?;
+        if let Ok(r) = guard.try_io(|inner| f(inner.get_ref())) {
+            return r;
+        }
+    }
+}
+
+/// Registers a socket or pipe with the event loop.
+pub fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+    // SAFETY: an OwnedFd is open for as long as it lives and always returns the same fd
+    // number; the AsyncFd owns it until it is dropped.
+    unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}

@@ -1,0 +1,501 @@
+//! The accept loops, the connection limit, the idle timer, STATUS= and the drain on stop.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use nix::sys::socket::{accept4, SockFlag};
+use tokio::io::unix::AsyncFd;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use crate::activation::Activated;
+use crate::backend::{is_fd_exhaustion, Backend, ConnectError, Health};
+use crate::cli::Config;
+use crate::limits::{fd_backoff, STATUS_INTERVAL};
+use crate::notify::Notifier;
+
+/// Why the daemon stopped.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// `--exit-idle-time` passed with no connection.
+    Idle,
+    /// SIGTERM or SIGINT (or the caller's own stop).
+    Stopped,
+    /// `--follow-backend`: the backend went away after it had been up.
+    BackendGone,
+    /// `--follow-backend`: the backend did not come up within `--connect-timeout`.
+    BackendTimedOut,
+    /// `Accept=yes`: the passed connection(s) were relayed.
+    Finished,
+    /// `Accept=yes`: the backend could not be reached for the passed connection.
+    ConnectFailed,
+}
+
+impl Outcome {
+    /// Exit status: 0 for orderly ends, 1 when a passed connection could not be served.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::ConnectFailed => 1,
+            _ => 0,
+        }
+    }
+}
+
+/// The stop trigger: one cancellation root and the first reason given.
+#[derive(Clone, Debug, Default)]
+pub struct Stop {
+    token: CancellationToken,
+    reason: Arc<OnceLock<Outcome>>,
+}
+
+impl Stop {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Asks the daemon to stop; the first reason given wins.
+    pub fn request(&self, why: Outcome) {
+        let _ = self.reason.set(why);
+        self.token.cancel();
+    }
+
+    pub fn is_requested(&self) -> bool {
+        self.token.is_cancelled()
+    }
+
+    pub async fn requested(&self) {
+        self.token.cancelled().await
+    }
+
+    fn outcome(&self) -> Outcome {
+        self.reason.get().cloned().unwrap_or(Outcome::Stopped)
+    }
+}
+
+/// State shared by the accept loops and the relays.
+struct Shared {
+    config: Config,
+    backend: Backend,
+    limit: Arc<Semaphore>,
+    /// Connections being relayed, plus clients the accept loops are getting a backend for.
+    active: watch::Sender<usize>,
+    served: AtomicU64,
+    stop: Stop,
+    relays: TaskTracker,
+}
+
+/// Counts one unit of activity for the idle timer while it lives.
+struct Busy(Arc<Shared>);
+
+impl Busy {
+    fn new(shared: &Arc<Shared>) -> Self {
+        shared.active.send_modify(|n| *n += 1);
+        Busy(shared.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.active.send_modify(|n| *n -= 1);
+    }
+}
+
+/// Serves the passed sockets until stopped, idle, or (Accept=yes) done, then drains the
+/// relays in flight for at most `--drain-timeout`.
+pub async fn run(
+    config: Config,
+    sockets: Vec<Activated>,
+    notifier: Notifier,
+    stop: Stop,
+) -> anyhow::Result<Outcome> {
+    let backend = Backend::new(config.target.clone(), config.follow_backend);
+    let shared = Arc::new(Shared {
+        limit: Arc::new(Semaphore::new(config.connections_max)),
+        backend,
+        config,
+        active: watch::Sender::new(0),
+        served: AtomicU64::new(0),
+        stop: stop.clone(),
+        relays: TaskTracker::new(),
+    });
+    let (listening, connected): (Vec<_>, Vec<_>) = sockets.into_iter().partition(|s| s.listening);
+    let mut listeners = Vec::new();
+    let mut loops = tokio::task::JoinSet::new();
+    for sock in listening {
+        let fd = Arc::new(crate::relay::register(sock.fd).map_err(|e| {
+            anyhow::anyhow!("cannot watch passed fd {} for connections: {e}", sock.number)
+        })?);
+        listeners.push(fd.clone());
+        loops.spawn(accept_loop(shared.clone(), fd, sock.number));
+    }
+    if !connected.is_empty() {
+        let s = shared.clone();
+        let clients: Vec<OwnedFd> = connected.into_iter().map(|c| c.fd).collect();
+        let only = listeners.is_empty();
+        tokio::spawn(async move { serve_passed_connections(s, clients, only).await });
+    }
+    notifier.send(&format!("READY=1\nSTATUS={}", status_text(&shared)));
+    if let Some(idle) = shared.config.exit_idle_time {
+        tokio::spawn(idle_timer(shared.clone(), idle, listeners.clone()));
+    }
+    let notifier = Arc::new(notifier);
+    tokio::spawn(status_updates(shared.clone(), notifier.clone()));
+    if let Some(every) = notifier.watchdog_interval() {
+        let n = notifier.clone();
+        let s = stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            loop {
+                tokio::select! {
+                    _ = s.requested() => return,
+                    _ = tick.tick() => n.send("WATCHDOG=1"),
+                }
+            }
+        });
+    }
+
+    stop.requested().await;
+    let outcome = stop.outcome();
+    notifier.send(&format!(
+        "STOPPING=1\nSTATUS=Stopping ({}), draining {} connection(s)",
+        describe(&outcome),
+        shared.relays.len()
+    ));
+    while loops.join_next().await.is_some() {}
+    shared.relays.close();
+    let grace = shared.config.drain_timeout;
+    if tokio::time::timeout(grace, shared.relays.wait()).await.is_err() {
+        tracing::warn!(
+            "drain timeout ({grace:?}) passed with {} connection(s) still open: closing them",
+            shared.relays.len()
+        );
+    }
+    Ok(outcome)
+}
+
+fn describe(o: &Outcome) -> &'static str {
+    match o {
+        Outcome::Idle => "idle",
+        Outcome::Stopped => "asked to stop",
+        Outcome::BackendGone => "backend went away",
+        Outcome::BackendTimedOut => "backend did not come up",
+        Outcome::Finished => "passed connection done",
+        Outcome::ConnectFailed => "backend unreachable",
+    }
+}
+
+/// Waits for a client, gets a backend connection for it, and only then accepts it, so a
+/// client that cannot be served stays in the queue systemd owns.
+async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, number: RawFd) {
+    let stop = shared.stop.clone();
+    let mut spare: Option<AsyncFd<OwnedFd>> = None;
+    let mut fd_trouble: u32 = 0;
+    loop {
+        let guard = tokio::select! {
+            biased;
+            _ = stop.requested() => return,
+            g = listener.readable() => g,
+        };
+        let mut guard = match guard {
+            Ok(g) => g,
+            Err(e) => {
+                tracing::error!("cannot wait for connections on fd {number}: {e}");
+                stop.request(Outcome::Stopped);
+                return;
+            }
+        };
+        let permit: OwnedSemaphorePermit = tokio::select! {
+            biased;
+            _ = stop.requested() => return,
+            p = shared.limit.clone().acquire_owned() => p.expect("the limit semaphore is never closed"),
+        };
+        let busy = Busy::new(&shared);
+        let backend = match spare.take().filter(still_open) {
+            Some(b) => b,
+            None => {
+                let r = tokio::select! {
+                    biased;
+                    _ = stop.requested() => return,
+                    r = shared.backend.connect(shared.config.connect_timeout) => r,
+                };
+                match r {
+                    Ok(b) => b,
+                    Err(ConnectError::TimedOut { last, waited }) => {
+                        let closed = close_queued(&listener);
+                        tracing::warn!(
+                            "Failed to connect to remote host {}: {last} (waited {:.1}s); closed {closed} waiting client(s)",
+                            shared.backend.target(),
+                            waited.as_secs_f64()
+                        );
+                        if shared.config.follow_backend {
+                            stop.request(Outcome::BackendTimedOut);
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(ConnectError::Gone(e)) => {
+                        tracing::info!(
+                            "backend {} went away ({e}): exiting so that systemd starts it again for the waiting client",
+                            shared.backend.target()
+                        );
+                        stop.request(Outcome::BackendGone);
+                        return;
+                    }
+                    Err(ConnectError::NoFds(e)) => {
+                        drop((busy, permit));
+                        if pause_for_fds(&stop, &mut fd_trouble, "connecting to the backend", &e).await {
+                            return;
+                        }
+                        continue;
+                    }
+                }
+            }
+        };
+        let accepted = guard.try_io(|l| {
+            accept4(l.get_ref().as_raw_fd(), SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC)
+                .map_err(std::io::Error::from)
+        });
+        match accepted {
+            Ok(Ok(raw)) => {
+                fd_trouble = 0;
+                // SAFETY: accept4 just returned this fd; nothing else owns it.
+                let client = unsafe { OwnedFd::from_raw_fd(raw) };
+                spawn_relay(&shared, client, backend, permit, busy);
+            }
+            Ok(Err(e)) => {
+                spare = Some(backend);
+                drop((busy, permit));
+                if is_fd_exhaustion(&e) {
+                    if pause_for_fds(&stop, &mut fd_trouble, "accepting", &e).await {
+                        return;
+                    }
+                } else if !transient_accept_error(&e) {
+                    tracing::warn!("accept on fd {number} failed: {e}");
+                    if pause_for_fds(&stop, &mut 0, "accepting", &e).await {
+                        return;
+                    }
+                }
+            }
+            // The client left before we accepted it; keep the backend connection for the next.
+            Err(_would_block) => spare = Some(backend),
+        }
+    }
+}
+
+/// Accept errors that concern one client only.
+fn transient_accept_error(e: &std::io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ECONNABORTED) | Some(libc::EPROTO) | Some(libc::EINTR) | Some(libc::EPERM)
+    )
+}
+
+/// Backs off after fd exhaustion, logging once per burst. Returns true if asked to stop.
+async fn pause_for_fds(stop: &Stop, trouble: &mut u32, doing: &str, e: &std::io::Error) -> bool {
+    if *trouble == 0 {
+        tracing::warn!("{doing} failed: {e}; backing off until file descriptors free up");
+    }
+    let pause = fd_backoff(*trouble);
+    *trouble = trouble.saturating_add(1);
+    tokio::select! {
+        _ = stop.requested() => true,
+        _ = tokio::time::sleep(pause) => false,
+    }
+}
+
+/// Accepts and closes every client waiting on `listener`; returns how many.
+fn close_queued(listener: &AsyncFd<OwnedFd>) -> usize {
+    let mut closed = 0;
+    while let Ok(raw) = accept4(
+        listener.get_ref().as_raw_fd(),
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+    ) {
+        // SAFETY: accept4 just returned this fd; it is closed at once.
+        drop(unsafe { OwnedFd::from_raw_fd(raw) });
+        closed += 1;
+    }
+    closed
+}
+
+/// True if a spare backend connection has not been closed or reset by the backend (a
+/// greeting it sent counts as alive: it is relayed to the next client).
+fn still_open(conn: &AsyncFd<OwnedFd>) -> bool {
+    use nix::sys::socket::{recv, MsgFlags};
+    let mut byte = [0u8; 1];
+    match recv(
+        conn.get_ref().as_raw_fd(),
+        &mut byte,
+        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+    ) {
+        Ok(0) => false,
+        Ok(_) => true,
+        Err(nix::errno::Errno::EAGAIN) => true,
+        Err(_) => false,
+    }
+}
+
+fn spawn_relay(
+    shared: &Arc<Shared>,
+    client: OwnedFd,
+    backend: AsyncFd<OwnedFd>,
+    permit: OwnedSemaphorePermit,
+    busy: Busy,
+) {
+    shared.served.fetch_add(1, Ordering::Relaxed);
+    let target = shared.backend.target().to_string();
+    shared.relays.spawn(async move {
+        let _hold = (permit, busy);
+        let client = match crate::relay::register(client) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("cannot watch a new client for {target}: {e}");
+                return;
+            }
+        };
+        let peer = peer_name(&client);
+        let span = tracing::debug_span!("conn", client = %peer, backend = %target);
+        async {
+            tracing::debug!("open");
+            match crate::relay::relay(&client, &backend).await {
+                Ok(m) => tracing::debug!(to_backend = m.to_backend, to_client = m.to_client, "closed"),
+                Err(e) if is_peer_abort(&e) => tracing::debug!("closed by reset: {e}"),
+                Err(e) => tracing::warn!("relay {peer} <-> {target} failed: {e}"),
+            }
+        }
+        .instrument(span)
+        .await
+    });
+}
+
+fn is_peer_abort(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ECONNRESET) | Some(libc::EPIPE))
+}
+
+fn peer_name(fd: &AsyncFd<OwnedFd>) -> String {
+    match socket2::SockRef::from(fd.get_ref()).peer_addr() {
+        Ok(a) => match a.as_socket() {
+            Some(s) => s.to_string(),
+            None => "unix client".into(),
+        },
+        Err(_) => "client".into(),
+    }
+}
+
+/// Accept=yes: relays each passed connection, then stops the daemon if nothing else listens.
+async fn serve_passed_connections(shared: Arc<Shared>, clients: Vec<OwnedFd>, only: bool) {
+    let mut failed = false;
+    let mut set = tokio::task::JoinSet::new();
+    for client in clients {
+        let s = shared.clone();
+        let busy = Busy::new(&shared);
+        let permit = shared
+            .limit
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the limit semaphore is never closed");
+        set.spawn(async move {
+            match s.backend.connect(s.config.connect_timeout).await {
+                Ok(b) => {
+                    spawn_relay(&s, client, b, permit, busy);
+                    true
+                }
+                Err(ConnectError::TimedOut { last: e, .. })
+                | Err(ConnectError::Gone(e))
+                | Err(ConnectError::NoFds(e)) => {
+                    tracing::warn!(
+                        "Failed to connect to remote host {}: {e}; closing the passed connection",
+                        s.backend.target()
+                    );
+                    false
+                }
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        failed |= !r.unwrap_or(false);
+    }
+    if only {
+        shared.relays.close();
+        shared.relays.wait().await;
+        shared.stop.request(if failed {
+            Outcome::ConnectFailed
+        } else {
+            Outcome::Finished
+        });
+    }
+}
+
+/// Stops the daemon after `idle` with no activity, from start-up and whenever the count of
+/// connections drops to zero; never while clients wait in a listener's queue.
+async fn idle_timer(shared: Arc<Shared>, idle: Duration, listeners: Vec<Arc<AsyncFd<OwnedFd>>>) {
+    let mut active = shared.active.subscribe();
+    loop {
+        tokio::select! {
+            _ = shared.stop.requested() => return,
+            r = active.wait_for(|n| *n == 0) => if r.is_err() { return },
+        }
+        tokio::select! {
+            _ = shared.stop.requested() => return,
+            _ = active.changed() => continue,
+            _ = tokio::time::sleep(idle) => {}
+        }
+        if *active.borrow() == 0 && !any_queued(&listeners) {
+            shared.stop.request(Outcome::Idle);
+            return;
+        }
+        // A client is queued but not yet picked up: look again shortly.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// True if any listener has a client waiting to be accepted.
+fn any_queued(listeners: &[Arc<AsyncFd<OwnedFd>>]) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds: Vec<PollFd> = listeners
+        .iter()
+        .map(|l| PollFd::new(l.get_ref().as_fd(), PollFlags::POLLIN))
+        .collect();
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+}
+
+fn status_text(shared: &Shared) -> String {
+    let active = shared.relays.len();
+    let served = shared.served.load(Ordering::Relaxed);
+    let target = shared.backend.target();
+    let backend = match shared.backend.health() {
+        Health::Untried => format!("backend {target} not contacted yet"),
+        Health::Up => format!("backend {target} up"),
+        Health::Waiting(since) => format!(
+            "waiting for backend {target} to listen ({:.1}s)",
+            since.elapsed().as_secs_f64()
+        ),
+        Health::Down(e) => format!("backend {target} down: {e}"),
+    };
+    format!("{active} active, {served} served; {backend}")
+}
+
+/// Refreshes STATUS= when it changed, at most every [`STATUS_INTERVAL`].
+async fn status_updates(shared: Arc<Shared>, notifier: Arc<Notifier>) {
+    let mut last = status_text(&shared);
+    let mut tick = tokio::time::interval_at(
+        tokio::time::Instant::from_std(Instant::now() + STATUS_INTERVAL),
+        STATUS_INTERVAL,
+    );
+    loop {
+        tokio::select! {
+            _ = shared.stop.requested() => return,
+            _ = tick.tick() => {}
+        }
+        let now = status_text(&shared);
+        if now != last {
+            notifier.send(&format!("STATUS={now}"));
+            last = now;
+        }
+    }
+}
