@@ -1,0 +1,621 @@
+#!/usr/bin/env bash
+# End-to-end suite: the units in contrib/systemd and the rsproxyd binary under a real
+# systemd (PID 1), booted with systemd-nspawn on a throw-away overlay of this machine's /.
+#
+# usage: tests/e2e/run.sh [PATH/TO/rsproxyd]     (default: target/release/rsproxyd)
+#   E2E_PROXY=ssp  run the same checks with /lib/systemd/systemd-socket-proxyd in place of
+#                  rsproxyd (a baseline: several checks are expected to fail)
+#   E2E_KEEP=1     keep the box's journal in the work directory and print its path
+#
+# Needs root and: systemd-container (systemd-nspawn), curl, iproute2 (ss, ip), python3.
+# Exit status: 0 all passed, 1 a check failed, 2 the suite could not run, 77 skipped
+# (not root). Output: one "ok N - ..." / "not ok N - ..." line per check, then
+# "N passed, M failed" alone on the last line.
+#
+# The box has its own network namespace (nspawn --private-network), so the fixed ports
+# below cannot collide with anything on the machine, and several runs may overlap. curl
+# runs from the host's file system, inside that namespace (nsenter -n).
+
+set -u -o pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+UNITS=$REPO/contrib/systemd
+
+# --- Everything tunable, in one place -----------------------------------------------------
+BIN=${1:-$REPO/target/release/rsproxyd}
+PROXY_KIND=${E2E_PROXY:-rsproxyd}
+SSP=/lib/systemd/systemd-socket-proxyd
+# Ports of the shipped example (contrib/systemd/example.*) and of the template instance.
+EXAMPLE_PORT=8080
+EXAMPLE_BACKEND_PORT=8081
+INSTANCE=e2e-second
+INSTANCE_PORT=9080
+INSTANCE_BACKEND_PORT=9081
+# A second address on the box's loopback, to act as a non-local client (IPAddressDeny=).
+OTHER_ADDR=10.99.0.1
+# The stand-in backend: start delay before it binds, and its idle exit.
+BACKEND_DELAY=0.3
+BACKEND_IDLE_EXIT=4
+# The proxy's idle exit in the box: shorter than the backend's, as the units recommend.
+PROXY_EXIT_IDLE=2s
+# What the shipped units set, for the broken-backend timing check (keep in sync).
+CONNECT_TIMEOUT_S=5
+# Large download for the SIGTERM check, and the client's rate (so it lasts a few seconds).
+BIG_MB=200
+BIG_RATE=40M
+CONCURRENT=50
+EXPOSURE_MAX=1.5
+BOOT_TIMEOUT_S=60
+# ------------------------------------------------------------------------------------------
+
+if [[ $(id -u) -ne 0 ]]; then
+    echo "SKIPPED: systemd e2e suite needs root (it mounts an overlay, boots systemd-nspawn" \
+        "and enters its namespaces); run it as root, e.g. sudo $0 ${1:-}"
+    exit 77
+fi
+
+die() { echo "e2e: cannot run: $*" >&2; echo "0 passed, 1 failed"; exit 2; }
+
+for tool in systemd-nspawn nsenter curl ss ip sha256sum setsid mount; do
+    command -v "$tool" >/dev/null ||
+        die "$tool not found (apt-get install -y systemd-container curl iproute2)"
+done
+[[ -x /usr/bin/python3 ]] || die "/usr/bin/python3 not found (the stand-in backend needs it)"
+case $PROXY_KIND in
+rsproxyd)
+    [[ -x $BIN ]] || die "rsproxyd binary $BIN not found or not executable (cargo build --release?)"
+    "$BIN" --help 2>&1 | grep -q -- --follow-backend ||
+        die "$BIN --help does not list --follow-backend, which the shipped units use"
+    ;;
+ssp) [[ -x $SSP ]] || die "$SSP not found" ;;
+*) die "E2E_PROXY must be rsproxyd or ssp, not $PROXY_KIND" ;;
+esac
+
+# --- Results ------------------------------------------------------------------------------
+declare -A RESULT=()
+PASSED=0 FAILED=0
+pass() { RESULT[$1]="ok $1 - $2"; PASSED=$((PASSED + 1)); echo "# ok $1" >&2; }
+fail() { RESULT[$1]="not ok $1 - $2"; FAILED=$((FAILED + 1)); echo "# not ok $1: $2" >&2; }
+report() {
+    local n
+    for n in $(printf '%s\n' "${!RESULT[@]}" | sort -n); do echo "${RESULT[$n]}"; done
+    echo "$PASSED passed, $FAILED failed"
+}
+
+# --- Time ---------------------------------------------------------------------------------
+now_ns() { date +%s%N; }
+# ms A B: milliseconds from ns timestamp A to B, one decimal.
+ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
+# wait_until SECONDS CMD...: poll CMD every 20 ms until it succeeds; 1 if the deadline passes.
+wait_until() {
+    local deadline=$(($(now_ns) + $1 * 1000000000))
+    shift
+    until "$@"; do
+        (($(now_ns) > deadline)) && return 1
+        sleep 0.02
+    done
+}
+
+# --- The box ------------------------------------------------------------------------------
+WORK=$(mktemp -d /tmp/rsproxyd-e2e.XXXXXX) || die "mktemp failed"
+TMPFS=$WORK/tmpfs
+ROOT=$WORK/root
+NSPAWN_PID=
+PID1=
+MOUNTED_TMPFS=
+MOUNTED_ROOT=
+
+teardown() {
+    local rc=$?
+    trap - EXIT INT TERM
+    if [[ -n $NSPAWN_PID ]] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
+        # SIGTERM makes nspawn power the box off cleanly; wait for that, with a deadline.
+        kill -TERM "$NSPAWN_PID" 2>/dev/null
+        if ! wait_until 30 eval '! kill -0 '"$NSPAWN_PID"' 2>/dev/null'; then
+            echo "e2e: nspawn $NSPAWN_PID did not stop in 30 s, killing it" >&2
+            kill -KILL "$NSPAWN_PID" 2>/dev/null
+            [[ -n $PID1 ]] && kill -KILL "$PID1" 2>/dev/null
+        fi
+        wait "$NSPAWN_PID" 2>/dev/null
+    fi
+    if [[ -n $MOUNTED_ROOT ]]; then
+        umount "$ROOT" 2>/dev/null || umount -l "$ROOT" || echo "e2e: could not unmount $ROOT" >&2
+    fi
+    if [[ -n $MOUNTED_TMPFS ]]; then
+        umount "$TMPFS" 2>/dev/null || umount -l "$TMPFS" || echo "e2e: could not unmount $TMPFS" >&2
+    fi
+    if [[ ${E2E_KEEP:-} == 1 ]]; then
+        echo "# kept: $WORK" >&2
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$rc"
+}
+trap teardown EXIT
+trap 'echo "e2e: interrupted" >&2; exit 130' INT TERM
+
+# box CMD...: run CMD inside the box (all of its namespaces). net CMD...: run the host's CMD
+# in the box's network namespace only (curl from "outside", reaching the box's loopback).
+box() { nsenter -t "$PID1" -a "$@"; }
+net() { nsenter -t "$PID1" -n "$@"; }
+state() { box systemctl is-active "$1" 2>/dev/null; }
+prop() { box systemctl show -p "$2" --value "$1"; }
+is_state() { [[ $(state "$1") == "$2" ]]; }
+journal() { box journalctl -u "$1" -o cat --no-pager 2>/dev/null; }
+# dump UNIT...: the last journal lines of each unit, as comments, after a failure.
+dump() {
+    local u
+    for u in "$@"; do
+        echo "# --- journal of $u (last 15 lines)" >&2
+        box journalctl -u "$u" -o short-monotonic --no-pager -n 15 2>/dev/null | sed 's/^/#   /' >&2
+    done
+}
+
+mkdir -p "$TMPFS" "$ROOT"
+mount -t tmpfs -o mode=0755 tmpfs "$TMPFS" || die "cannot mount a tmpfs on $TMPFS"
+MOUNTED_TMPFS=1
+mkdir "$TMPFS/upper" "$TMPFS/work"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$TMPFS/upper,workdir=$TMPFS/work" "$ROOT" ||
+    die "cannot mount an overlay of / on $ROOT"
+MOUNTED_ROOT=1
+
+# Keep the boot small: mask every service and timer this machine enables, and the consoles.
+SYSTEMD_ETC=$ROOT/etc/systemd/system
+for link in "$SYSTEMD_ETC"/*.wants/*; do
+    name=${link##*/}
+    case $name in *.service | *.timer) ln -sfn /dev/null "$SYSTEMD_ETC/$name" ;; esac
+done
+for name in console-getty.service getty@tty1.service container-getty@0.service \
+    systemd-timesyncd.service systemd-networkd.service systemd-resolved.service; do
+    ln -sfn /dev/null "$SYSTEMD_ETC/$name"
+done
+
+# The proxy under test, at the path the units use, and the stand-in backend at the path
+# example-backend.service uses. Only the overlay's upper layer (tmpfs) is written.
+if [[ $PROXY_KIND == rsproxyd ]]; then
+    install -m 0755 "$BIN" "$ROOT/usr/bin/rsproxyd"
+else
+    # The units must find an executable there to pass `systemd-analyze verify`.
+    install -m 0755 "$SSP" "$ROOT/usr/bin/rsproxyd"
+fi
+install -D -m 0755 "$HERE/backend.py" "$ROOT/usr/local/bin/example-backend"
+
+# The shipped units, as they are.
+for unit in example.socket example.service example-backend.service \
+    rsproxyd@.socket rsproxyd@.service; do
+    install -m 0644 "$UNITS/$unit" "$SYSTEMD_ETC/$unit"
+done
+
+# Test settings, as drop-ins the way an administrator would override the shipped files.
+STATE=/var/lib/rsproxyd-e2e
+mkdir -p "$ROOT$STATE"
+EXAMPLE_LOG=$STATE/example-backend.log
+INSTANCE_LOG=$STATE/$INSTANCE-backend.log
+BIG=$STATE/big.bin
+drop_in() { # UNIT NAME CONTENT
+    mkdir -p "$SYSTEMD_ETC/$1.d"
+    printf '%s\n' "$3" >"$SYSTEMD_ETC/$1.d/$2.conf"
+}
+drop_in example-backend.service e2e "[Service]
+Environment=BACKEND_DELAY=$BACKEND_DELAY BACKEND_IDLE_EXIT=$BACKEND_IDLE_EXIT
+Environment=BACKEND_LOG=$EXAMPLE_LOG BACKEND_BIG_FILE=$BIG"
+drop_in example.service e2e "[Service]
+Environment=EXIT_IDLE_TIME=$PROXY_EXIT_IDLE"
+
+# The second, templated service: a config file, a listen drop-in and a backend unit.
+mkdir -p "$ROOT/etc/rsproxyd"
+printf 'TARGET=127.0.0.1:%s\nEXIT_IDLE_TIME=%s\n' "$INSTANCE_BACKEND_PORT" "$PROXY_EXIT_IDLE" \
+    >"$ROOT/etc/rsproxyd/$INSTANCE.conf"
+# 0.0.0.0, so the non-local client address on the box's loopback reaches it too.
+drop_in "rsproxyd@$INSTANCE.socket" listen "[Socket]
+ListenStream=0.0.0.0:$INSTANCE_PORT"
+cat >"$SYSTEMD_ETC/$INSTANCE-backend.service" <<EOF
+[Unit]
+Description=e2e: backend of the templated instance $INSTANCE
+StartLimitIntervalSec=0
+[Service]
+Type=exec
+ExecStart=/usr/local/bin/example-backend --listen 127.0.0.1:$INSTANCE_BACKEND_PORT
+Environment=BACKEND_DELAY=$BACKEND_DELAY BACKEND_IDLE_EXIT=$BACKEND_IDLE_EXIT
+Environment=BACKEND_LOG=$INSTANCE_LOG
+Restart=no
+EOF
+
+if [[ $PROXY_KIND == ssp ]]; then
+    # Baseline: the same units with systemd-socket-proxyd (252 never sends READY=1).
+    for unit in example.service rsproxyd@.service; do
+        drop_in "$unit" ssp "[Service]
+Type=simple
+ExecStart=
+ExecStart=$SSP --exit-idle-time=\${EXIT_IDLE_TIME} \${TARGET}"
+    done
+fi
+
+# The payload of the SIGTERM check, and its checksum.
+head -c "${BIG_MB}M" /dev/urandom >"$ROOT$BIG" || die "cannot write $ROOT$BIG"
+chmod 0644 "$ROOT$BIG"
+BIG_SHA=$(sha256sum <"$ROOT$BIG" | cut -d' ' -f1)
+
+# --- Boot ---------------------------------------------------------------------------------
+UUID=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
+BOOT_START=$(now_ns)
+setsid systemd-nspawn -q -D "$ROOT" --machine="rsproxyd-e2e-$$" --keep-unit --register=no \
+    --link-journal=no --uuid="$UUID" --private-network -b \
+    </dev/null >"$WORK/console.log" 2>&1 &
+NSPAWN_PID=$!
+
+find_pid1() {
+    kill -0 "$NSPAWN_PID" 2>/dev/null || return 2
+    PID1=$(pgrep -P "$NSPAWN_PID" -x systemd | head -n1)
+    [[ -n $PID1 ]]
+}
+booted() {
+    kill -0 "$NSPAWN_PID" 2>/dev/null || return 2
+    local s
+    s=$(box systemctl is-system-running 2>/dev/null)
+    [[ $s == running || $s == degraded ]]
+}
+boot_failed() {
+    echo "e2e: $1; console output:" >&2
+    sed 's/^/#   /' "$WORK/console.log" >&2
+    die "$1"
+}
+wait_until "$BOOT_TIMEOUT_S" find_pid1 || boot_failed "no systemd process under nspawn $NSPAWN_PID"
+wait_until "$BOOT_TIMEOUT_S" booted || boot_failed "the box did not reach running/degraded"
+echo "# box up: systemd PID $PID1 (host view), nspawn PID $NSPAWN_PID," \
+    "booted in $(ms "$BOOT_START" "$(now_ns)") ms; proxy: $PROXY_KIND" >&2
+if [[ $(box systemctl is-system-running) == degraded ]]; then
+    echo "# (degraded: $(box systemctl --failed --no-legend --plain | awk '{print $1}' | xargs))" >&2
+fi
+net ip addr add "$OTHER_ADDR/32" dev lo || die "cannot add $OTHER_ADDR to the box's loopback"
+
+# Enable the sockets as an administrator would; nothing else is started.
+box systemctl enable --now --quiet example.socket "rsproxyd@$INSTANCE.socket" ||
+    die "systemctl enable --now example.socket rsproxyd@$INSTANCE.socket failed"
+
+# --- Helpers for the checks ---------------------------------------------------------------
+EX_SOCKET=example.socket
+EX_PROXY=example.service
+EX_BACKEND=example-backend.service
+# get URL [CURL ARGS...]: one request from the host; prints "CODE SECONDS".
+get() {
+    local url=$1
+    shift
+    net curl -s -o /dev/null --max-time 30 -w '%{http_code} %{time_total}\n' "$@" "$url"
+}
+secs_to_ms() { awk -v s="$1" 'BEGIN { printf "%.1f", s * 1000 }'; }
+# event KIND AFTER_NS LOG: the timestamp of the first KIND line ("bound", "request") at or
+# after AFTER_NS in a backend log.
+event() { awk -v k="$1" -v t="$2" '$1 == k && $2 >= t { print $2; exit }' "$ROOT$3" 2>/dev/null; }
+
+# Check 4 watches the socket units at every step.
+SOCKET_LOG=()
+watch_sockets() { # STEP
+    local u s
+    for u in $EX_SOCKET "rsproxyd@$INSTANCE.socket"; do
+        s=$(state "$u")
+        SOCKET_LOG+=("$1:$u=$s")
+    done
+}
+listening() { net ss -Htln "sport = :$1" | grep -q LISTEN; }
+cold() { # the socket only: proxy and backend both inactive (or failed)
+    local u
+    for u in "$@"; do
+        [[ $(state "$u") == active || $(state "$u") == activating ||
+            $(state "$u") == deactivating ]] && return 1
+    done
+    return 0
+}
+
+URL=http://127.0.0.1:$EXAMPLE_PORT/
+
+# --- 1. cold ------------------------------------------------------------------------------
+check_cold() {
+    if ! is_state $EX_SOCKET active || ! cold $EX_PROXY $EX_BACKEND; then
+        fail 1 "cold start: not cold to begin with (socket $(state $EX_SOCKET), proxy $(state $EX_PROXY), backend $(state $EX_BACKEND))"
+        return
+    fi
+    local t0 out code secs bound req done_ns
+    t0=$(now_ns)
+    out=$(get "$URL")
+    done_ns=$(now_ns)
+    read -r code secs <<<"$out"
+    bound=$(event bound "$t0" "$EXAMPLE_LOG")
+    req=$(event request "$t0" "$EXAMPLE_LOG")
+    if [[ $code == 200 && -n $bound && -n $req ]]; then
+        pass 1 "cold start (socket only active): HTTP 200 (measured $(secs_to_ms "$secs") ms total; backend bound $(ms "$t0" "$bound") ms after the request began; request reached it $(ms "$bound" "$req") ms after its bind; response $(ms "$bound" "$done_ns") ms after it)"
+    else
+        fail 1 "cold start: HTTP $code after $(secs_to_ms "$secs") ms (backend bind ${bound:-not seen})"
+        dump $EX_PROXY $EX_BACKEND
+    fi
+}
+
+# --- 2. warm ------------------------------------------------------------------------------
+check_warm() {
+    local code secs
+    read -r code secs <<<"$(get "$URL")"
+    if [[ $code == 200 ]] && is_state $EX_PROXY active && is_state $EX_BACKEND active; then
+        pass 2 "warm (proxy and backend up): HTTP 200 (measured $(secs_to_ms "$secs") ms)"
+    else
+        fail 2 "warm: HTTP $code, proxy $(state $EX_PROXY), backend $(state $EX_BACKEND)"
+        dump $EX_PROXY $EX_BACKEND
+    fi
+}
+
+# --- 3. backend stopped under a running proxy ---------------------------------------------
+check_backend_stopped() {
+    # The proxy must be running when the backend goes, or this is only another cold start.
+    if ! is_state $EX_PROXY active; then get "$URL" >/dev/null; fi
+    local before t0 code secs after how
+    before=$(prop $EX_PROXY InvocationID)
+    if ! is_state $EX_PROXY active; then
+        fail 3 "backend stopped: could not get the proxy running first ($(state $EX_PROXY))"
+        return
+    fi
+    box systemctl stop $EX_BACKEND
+    t0=$(now_ns)
+    read -r code secs <<<"$(get "$URL")"
+    after=$(prop $EX_PROXY InvocationID)
+    if [[ $before != "$after" ]]; then
+        how="the proxy followed the backend down and was re-activated"
+    else
+        how="the same proxy run served it"
+    fi
+    local bound
+    bound=$(event bound "$t0" "$EXAMPLE_LOG")
+    if [[ $code == 200 ]]; then
+        pass 3 "backend force-stopped (systemctl stop), proxy running: next request HTTP 200 (measured $(secs_to_ms "$secs") ms; $how; backend bound $(ms "$t0" "${bound:-$t0}") ms after the request began)"
+    else
+        fail 3 "backend force-stopped: HTTP $code after $(secs_to_ms "$secs") ms ($how)"
+        dump $EX_PROXY $EX_BACKEND
+    fi
+}
+
+# --- 5. idle exits ------------------------------------------------------------------------
+check_idle_exit() {
+    local t0 proxy_down='' backend_down='' deadline code secs
+    # Make sure both are up, then leave them alone.
+    read -r code secs <<<"$(get "$URL")"
+    t0=$(now_ns)
+    deadline=$((t0 + 30 * 1000000000))
+    while (($(now_ns) < deadline)); do
+        [[ -z $proxy_down ]] && ! is_state $EX_PROXY active && proxy_down=$(now_ns)
+        [[ -z $backend_down ]] && ! is_state $EX_BACKEND active && backend_down=$(now_ns)
+        [[ -n $proxy_down && -n $backend_down ]] && break
+        sleep 0.02
+    done
+    if [[ $code != 200 || -z $backend_down || -z $proxy_down ]]; then
+        fail 5 "idle exit: primed with HTTP $code; after 30 s proxy $(state $EX_PROXY), backend $(state $EX_BACKEND)"
+        dump $EX_PROXY $EX_BACKEND
+        return
+    fi
+    local ps bs ls
+    ps=$(state $EX_PROXY)
+    bs=$(prop $EX_BACKEND Result)
+    ls=no
+    listening "$EXAMPLE_PORT" && ls=yes
+    local t1 code2 secs2
+    t1=$(now_ns)
+    read -r code2 secs2 <<<"$(get "$URL")"
+    if [[ $ps != active && $bs == success && $ls == yes && $code2 == 200 ]] && is_state $EX_SOCKET active; then
+        pass 5 "idle exits: proxy down $(ms "$t0" "$proxy_down") ms and backend down $(ms "$t0" "$backend_down") ms after the last request (backend exit: $bs), port still listening, next request HTTP 200 (measured $(secs_to_ms "$secs2") ms)"
+    else
+        fail 5 "idle exits: proxy $ps, backend result $bs, port listening: $ls, next request HTTP $code2"
+        dump $EX_PROXY $EX_BACKEND
+    fi
+}
+
+# --- 6. many first requests on a cold backend ---------------------------------------------
+check_concurrent() {
+    box systemctl stop $EX_PROXY $EX_BACKEND
+    if ! wait_until 10 cold $EX_PROXY $EX_BACKEND; then
+        fail 6 "concurrent: could not make the backend cold"
+        return
+    fi
+    local dir=$WORK/concurrent t0
+    mkdir -p "$dir"
+    t0=$(now_ns)
+    net bash -c '
+        for i in $(seq "$1"); do
+            curl -s -o /dev/null --max-time 30 -w "%{http_code} %{time_total}\n" "$2" >"$3/$i" &
+        done
+        wait' _ "$CONCURRENT" "$URL" "$dir"
+    local ok200 slowest bound
+    ok200=$(cat "$dir"/* | awk '$1 == 200' | wc -l)
+    slowest=$(cat "$dir"/* | awk '{ if ($2 > m) m = $2 } END { printf "%.1f", m * 1000 }')
+    bound=$(event bound "$t0" "$EXAMPLE_LOG")
+    if [[ $ok200 -eq $CONCURRENT ]]; then
+        pass 6 "$CONCURRENT concurrent first requests on a cold backend: all HTTP 200 (measured: slowest $slowest ms; backend bound $(ms "$t0" "${bound:-$t0}") ms after they began)"
+    else
+        fail 6 "$CONCURRENT concurrent first requests: $ok200 got HTTP 200; codes: $(cut -d' ' -f1 "$dir"/* | sort | uniq -c | xargs)"
+        dump $EX_PROXY $EX_BACKEND
+    fi
+}
+
+# --- 7. a backend that fails to start, then is fixed --------------------------------------
+check_broken_backend() {
+    box systemctl stop $EX_PROXY $EX_BACKEND
+    drop_in $EX_BACKEND zz-broken "[Service]
+ExecStart=
+ExecStart=/bin/false"
+    box systemctl daemon-reload
+    wait_until 10 cold $EX_PROXY $EX_BACKEND
+    local since t0 code1 secs1 code2 secs2 why=''
+    since=$(box date '+%Y-%m-%d %H:%M:%S')
+    t0=$(now_ns)
+    read -r code1 secs1 <<<"$(get "$URL")"
+    # A second client while still broken: the socket must still re-activate the proxy.
+    read -r code2 secs2 <<<"$(get "$URL")"
+    local limit_ms=$(((CONNECT_TIMEOUT_S + 3) * 1000))
+    [[ $code1 == 200 || $code2 == 200 ]] && why+="a broken backend answered 200?; "
+    awk -v a="$secs1" -v b="$secs2" -v l="$limit_ms" 'BEGIN { exit !(a * 1000 > l || b * 1000 > l) }' &&
+        why+="not prompt (over $limit_ms ms); "
+    # The socket must not be failed, nor left readable with a queued client.
+    wait_until 10 cold $EX_PROXY
+    local sock sres
+    sock=$(state $EX_SOCKET)
+    sres=$(prop $EX_SOCKET Result)
+    [[ $sock == active && $sres == success ]] || why+="socket is $sock (result $sres); "
+    # The journal says why, naming the backend.
+    local line
+    line=$(box journalctl -u $EX_PROXY --since "$since" -o cat --no-pager 2>/dev/null |
+        grep -m1 "127.0.0.1:$EXAMPLE_BACKEND_PORT")
+    [[ -n $line ]] || why+="no journal line of $EX_PROXY names 127.0.0.1:$EXAMPLE_BACKEND_PORT; "
+    local bstate
+    bstate=$(state $EX_BACKEND)
+    # Fix the backend: remove the drop-in, reload. No reset-failed, no start.
+    rm -f "$SYSTEMD_ETC/$EX_BACKEND.d/zz-broken.conf"
+    box systemctl daemon-reload
+    local code3 secs3
+    read -r code3 secs3 <<<"$(get "$URL")"
+    [[ $code3 == 200 ]] || why+="after the fix: HTTP $code3; "
+    if [[ -z $why ]]; then
+        pass 7 "backend fails to start (ExecStart=/bin/false): clients closed promptly (measured $(secs_to_ms "$secs1") ms and $(secs_to_ms "$secs2") ms, HTTP $code1/$code2), socket $sock/$sres, backend $bstate, journal: \"$line\"; fixed backend served at once, HTTP 200 (measured $(secs_to_ms "$secs3") ms), no reset-failed"
+    else
+        fail 7 "broken backend: ${why%; } (requests: HTTP $code1 in $(secs_to_ms "$secs1") ms, $code2 in $(secs_to_ms "$secs2") ms)"
+        dump $EX_SOCKET $EX_PROXY $EX_BACKEND
+    fi
+}
+
+# --- 8. SIGTERM during a large download ---------------------------------------------------
+check_sigterm_download() {
+    local out=$WORK/download.bin t0 curl_pid
+    t0=$(now_ns)
+    net curl -s --max-time 120 --limit-rate "$BIG_RATE" -o "$out" "http://127.0.0.1:$EXAMPLE_PORT/big" &
+    curl_pid=$!
+    # Stop the proxy once a tenth of the file has arrived.
+    local tenth=$((BIG_MB * 1024 * 1024 / 10))
+    if ! wait_until 30 eval '[[ $(stat -c %s "'"$out"'" 2>/dev/null || echo 0) -ge '"$tenth"' ]]'; then
+        kill "$curl_pid" 2>/dev/null
+        wait "$curl_pid"
+        fail 8 "SIGTERM during download: the download did not get going"
+        dump $EX_PROXY $EX_BACKEND
+        return
+    fi
+    local t_term got_at_term
+    got_at_term=$(stat -c %s "$out")
+    t_term=$(now_ns)
+    box systemctl stop --no-block $EX_PROXY
+    wait "$curl_pid"
+    local rc=$? t_done
+    t_done=$(now_ns)
+    wait_until 60 cold $EX_PROXY
+    local size sha pres
+    size=$(stat -c %s "$out" 2>/dev/null || echo 0)
+    sha=$(sha256sum <"$out" | cut -d' ' -f1)
+    pres=$(prop $EX_PROXY Result)
+    rm -f "$out"
+    if [[ $rc -eq 0 && $size -eq $((BIG_MB * 1024 * 1024)) && $sha == "$BIG_SHA" ]]; then
+        pass 8 "SIGTERM (systemctl stop) to the proxy during a $BIG_MB MB download at $BIG_RATE/s: completed intact, sha256 matches (measured $(ms "$t0" "$t_done") ms total, $(ms "$t_term" "$t_done") ms of it after the stop, which came at $((got_at_term / 1048576)) MB; proxy result: $pres)"
+    else
+        fail 8 "SIGTERM during download: curl exit $rc, $size of $((BIG_MB * 1048576)) bytes, sha256 $([[ $sha == "$BIG_SHA" ]] && echo matches || echo differs), proxy result $pres"
+        dump $EX_PROXY
+    fi
+}
+
+# --- 9. the templated instance ------------------------------------------------------------
+check_template() {
+    local proxy=rsproxyd@$INSTANCE.service backend=$INSTANCE-backend.service
+    local sock=rsproxyd@$INSTANCE.socket url=http://127.0.0.1:$INSTANCE_PORT/ why=''
+    if ! is_state "$sock" active || ! cold "$proxy" "$backend"; then
+        fail 9 "template: not cold to begin with (socket $(state "$sock"), proxy $(state "$proxy"), backend $(state "$backend"))"
+        return
+    fi
+    local t0 c1 s1 c2 s2 c3 s3 c4 bound
+    t0=$(now_ns)
+    read -r c1 s1 <<<"$(get "$url")"
+    bound=$(event bound "$t0" "$INSTANCE_LOG")
+    [[ $c1 == 200 ]] || why+="cold: HTTP $c1; "
+    read -r c2 s2 <<<"$(get "$url")"
+    [[ $c2 == 200 ]] || why+="warm: HTTP $c2; "
+    # A client from a non-local address: IPAddressDeny= must not touch client connections.
+    read -r c3 s3 <<<"$(get "http://$OTHER_ADDR:$INSTANCE_PORT/" --interface "$OTHER_ADDR")"
+    [[ $c3 == 200 ]] || why+="client from $OTHER_ADDR: HTTP $c3; "
+    # The instance's unix socket, from inside the box (it lives in the box's /run).
+    c4=$(box curl -s -o /dev/null --max-time 30 -w '%{http_code}' \
+        --unix-socket "/run/rsproxyd/$INSTANCE.sock" http://localhost/)
+    [[ $c4 == 200 ]] || why+="unix socket: HTTP $c4; "
+    if [[ -z $why ]]; then
+        pass 9 "template instance rsproxyd@$INSTANCE (+ /etc/rsproxyd/$INSTANCE.conf, $backend): cold HTTP 200 (measured $(secs_to_ms "$s1") ms; backend bound $(ms "$t0" "${bound:-$t0}") ms after the request began), warm 200 ($(secs_to_ms "$s2") ms), non-local client 200 ($(secs_to_ms "$s3") ms), unix socket 200"
+    else
+        fail 9 "template instance: ${why%; }"
+        dump "$sock" "$proxy" "$backend"
+    fi
+}
+
+# --- 4. the sockets, at every step ----------------------------------------------------------
+check_sockets() {
+    local bad=() entry u
+    for entry in "${SOCKET_LOG[@]}"; do
+        [[ ${entry##*=} == active ]] || bad+=("$entry")
+    done
+    for u in $EX_SOCKET "rsproxyd@$INSTANCE.socket"; do
+        [[ $(prop "$u" Result) == success ]] || bad+=("end:$u result=$(prop "$u" Result)")
+    done
+    if [[ ${#bad[@]} -eq 0 ]]; then
+        pass 4 "both socket units active at every step (${#SOCKET_LOG[@]} samples), result success at the end"
+    else
+        fail 4 "socket units not active at: ${bad[*]}"
+    fi
+}
+
+# --- 10. systemd-analyze verify -------------------------------------------------------------
+check_verify() {
+    local unit out bad=()
+    for unit in example.socket example.service example-backend.service \
+        rsproxyd@.socket rsproxyd@.service; do
+        # Verify the shipped file itself, not the drop-ins this suite added.
+        out=$(box systemd-analyze verify "/usr/local/share/rsproxyd-e2e/$unit" 2>&1) ||
+            bad+=("$unit: ${out//$'\n'/ | }")
+        [[ -z $out ]] || bad+=("$unit: ${out//$'\n'/ | }")
+    done
+    if [[ ${#bad[@]} -eq 0 ]]; then
+        pass 10 "systemd-analyze verify: all 5 shipped units clean"
+    else
+        fail 10 "systemd-analyze verify: ${bad[*]}"
+    fi
+}
+
+# --- 11. systemd-analyze security -----------------------------------------------------------
+check_security() {
+    local unit score scores=() over=()
+    for unit in example.service rsproxyd@.service; do
+        score=$(box systemd-analyze security --offline=yes "/usr/local/share/rsproxyd-e2e/$unit" 2>&1 |
+            sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+        scores+=("$unit ${score:-?}")
+        if [[ -z $score ]] || awk -v s="$score" -v m="$EXPOSURE_MAX" 'BEGIN { exit !(s > m) }'; then
+            over+=("$unit ${score:-unknown}")
+        fi
+    done
+    if [[ ${#over[@]} -eq 0 ]]; then
+        pass 11 "systemd-analyze security --offline=yes: exposure $(IFS=,; echo "${scores[*]}" | sed 's/,/, /g') (limit $EXPOSURE_MAX)"
+    else
+        fail 11 "systemd-analyze security: over $EXPOSURE_MAX: ${over[*]}"
+    fi
+}
+
+# A pristine copy of the shipped units for checks 10 and 11, away from the drop-in dirs.
+mkdir -p "$ROOT/usr/local/share/rsproxyd-e2e"
+cp "$UNITS"/*.socket "$UNITS"/*.service "$ROOT/usr/local/share/rsproxyd-e2e/"
+
+SUITE_START=$(now_ns)
+watch_sockets start
+check_cold;            watch_sockets 1
+check_warm;            watch_sockets 2
+check_backend_stopped; watch_sockets 3
+check_idle_exit;       watch_sockets 5
+check_concurrent;      watch_sockets 6
+check_broken_backend;  watch_sockets 7
+check_sigterm_download; watch_sockets 8
+check_template;        watch_sockets 9
+check_sockets
+check_verify
+check_security
+echo "# checks took $(ms "$SUITE_START" "$(now_ns)") ms" >&2
+
+if [[ ${E2E_KEEP:-} == 1 ]]; then
+    box journalctl -o short-monotonic --no-pager >"$WORK/journal.txt" 2>&1
+fi
+report
+[[ $FAILED -eq 0 ]]
