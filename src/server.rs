@@ -192,7 +192,6 @@ fn describe(o: &Outcome) -> &'static str {
 /// client that cannot be served stays in the queue systemd owns.
 async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, number: RawFd) {
     let stop = shared.stop.clone();
-    let mut spare: Option<AsyncFd<OwnedFd>> = None;
     let mut fd_trouble: u32 = 0;
     loop {
         let guard = tokio::select! {
@@ -208,15 +207,20 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, numbe
                 return;
             }
         };
+        // Readiness may be stale after an accept: only fetch a backend connection for a
+        // client that is really there.
+        if !any_queued(std::slice::from_ref(&listener)) {
+            guard.clear_ready();
+            continue;
+        }
         let permit: OwnedSemaphorePermit = tokio::select! {
             biased;
             _ = stop.requested() => return,
             p = shared.limit.clone().acquire_owned() => p.expect("the limit semaphore is never closed"),
         };
         let busy = Busy::new(&shared);
-        let backend = match spare.take().filter(still_open) {
-            Some(b) => b,
-            None => {
+        let backend = {
+            {
                 let r = tokio::select! {
                     biased;
                     _ = stop.requested() => return,
@@ -267,8 +271,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, numbe
                 spawn_relay(&shared, client, backend, permit, busy);
             }
             Ok(Err(e)) => {
-                spare = Some(backend);
-                drop((busy, permit));
+                drop((backend, busy, permit));
                 if is_fd_exhaustion(&e) {
                     if pause_for_fds(&stop, &mut fd_trouble, "accepting", &e).await {
                         return;
@@ -280,8 +283,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, numbe
                     }
                 }
             }
-            // The client left before we accepted it; keep the backend connection for the next.
-            Err(_would_block) => spare = Some(backend),
+            // The client left before we accepted it: close the backend connection rather than
+            // hold it open, which could keep an idle backend from exiting.
+            Err(_would_block) => drop(backend),
         }
     }
 }
@@ -319,23 +323,6 @@ fn close_queued(listener: &AsyncFd<OwnedFd>) -> usize {
         closed += 1;
     }
     closed
-}
-
-/// True if a spare backend connection has not been closed or reset by the backend (a
-/// greeting it sent counts as alive: it is relayed to the next client).
-fn still_open(conn: &AsyncFd<OwnedFd>) -> bool {
-    use nix::sys::socket::{recv, MsgFlags};
-    let mut byte = [0u8; 1];
-    match recv(
-        conn.get_ref().as_raw_fd(),
-        &mut byte,
-        MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-    ) {
-        Ok(0) => false,
-        Ok(_) => true,
-        Err(nix::errno::Errno::EAGAIN) => true,
-        Err(_) => false,
-    }
 }
 
 fn spawn_relay(
