@@ -278,11 +278,16 @@ box systemctl enable --now --quiet example.socket "rsproxyd@$INSTANCE.socket" ||
 EX_SOCKET=example.socket
 EX_PROXY=example.service
 EX_BACKEND=example-backend.service
-# get URL [CURL ARGS...]: one request from the host; prints "CODE SECONDS".
+# get URL [CURL ARGS...]: one request from the host; prints "CODE SECONDS START_NS END_NS":
+# curl's own time_total, and the wall clock just before curl started and just after it
+# exited (bash's EPOCHREALTIME; the backend logs the same clock).
+CURL_TIMED='s=${EPOCHREALTIME//[.,]/}
+    curl -s -o /dev/null --max-time 30 -w "%{http_code} %{time_total}" "$@"
+    echo " ${s}000 ${EPOCHREALTIME//[.,]/}000"'
 get() {
     local url=$1
     shift
-    net curl -s -o /dev/null --max-time 30 -w '%{http_code} %{time_total}\n' "$@" "$url"
+    net bash -c "$CURL_TIMED" _ "$@" "$url"
 }
 secs_to_ms() { awk -v s="$1" 'BEGIN { printf "%.1f", s * 1000 }'; }
 # event KIND AFTER_NS LOG: the timestamp of the first KIND line ("bound", "request") at or
@@ -316,15 +321,12 @@ check_cold() {
         fail 1 "cold start: not cold to begin with (socket $(state $EX_SOCKET), proxy $(state $EX_PROXY), backend $(state $EX_BACKEND))"
         return
     fi
-    local t0 out code secs bound req done_ns
-    t0=$(now_ns)
-    out=$(get "$URL")
-    done_ns=$(now_ns)
-    read -r code secs <<<"$out"
+    local t0 t1 code secs bound req
+    read -r code secs t0 t1 <<<"$(get "$URL")"
     bound=$(event bound "$t0" "$EXAMPLE_LOG")
     req=$(event request "$t0" "$EXAMPLE_LOG")
     if [[ $code == 200 && -n $bound && -n $req ]]; then
-        pass 1 "cold start (socket only active): HTTP 200 (measured $(secs_to_ms "$secs") ms total; backend bound $(ms "$t0" "$bound") ms after the request began; request reached it $(ms "$bound" "$req") ms after its bind; response $(ms "$bound" "$done_ns") ms after it)"
+        pass 1 "cold start (socket only active): HTTP 200 (measured $(secs_to_ms "$secs") ms; backend bound at +$(ms "$t0" "$bound") ms, request reached it $(ms "$bound" "$req") ms after its bind, curl done $(ms "$bound" "$t1") ms after it)"
     else
         fail 1 "cold start: HTTP $code after $(secs_to_ms "$secs") ms (backend bind ${bound:-not seen})"
         dump $EX_PROXY $EX_BACKEND
@@ -333,8 +335,8 @@ check_cold() {
 
 # --- 2. warm ------------------------------------------------------------------------------
 check_warm() {
-    local code secs
-    read -r code secs <<<"$(get "$URL")"
+    local code secs t0 t1
+    read -r code secs t0 t1 <<<"$(get "$URL")"
     if [[ $code == 200 ]] && is_state $EX_PROXY active && is_state $EX_BACKEND active; then
         pass 2 "warm (proxy and backend up): HTTP 200 (measured $(secs_to_ms "$secs") ms)"
     else
@@ -347,15 +349,14 @@ check_warm() {
 check_backend_stopped() {
     # The proxy must be running when the backend goes, or this is only another cold start.
     if ! is_state $EX_PROXY active; then get "$URL" >/dev/null; fi
-    local before t0 code secs after how
+    local before t0 t1 code secs after how
     before=$(prop $EX_PROXY InvocationID)
     if ! is_state $EX_PROXY active; then
         fail 3 "backend stopped: could not get the proxy running first ($(state $EX_PROXY))"
         return
     fi
     box systemctl stop $EX_BACKEND
-    t0=$(now_ns)
-    read -r code secs <<<"$(get "$URL")"
+    read -r code secs t0 t1 <<<"$(get "$URL")"
     after=$(prop $EX_PROXY InvocationID)
     if [[ $before != "$after" ]]; then
         how="the proxy followed the backend down and was re-activated"
@@ -365,7 +366,7 @@ check_backend_stopped() {
     local bound
     bound=$(event bound "$t0" "$EXAMPLE_LOG")
     if [[ $code == 200 ]]; then
-        pass 3 "backend force-stopped (systemctl stop), proxy running: next request HTTP 200 (measured $(secs_to_ms "$secs") ms; $how; backend bound $(ms "$t0" "${bound:-$t0}") ms after the request began)"
+        pass 3 "backend force-stopped (systemctl stop), proxy running: next request HTTP 200 (measured $(secs_to_ms "$secs") ms; $how; backend bound at +$(ms "$t0" "${bound:-$t0}") ms, curl done $(ms "${bound:-$t0}" "$t1") ms after it)"
     else
         fail 3 "backend force-stopped: HTTP $code after $(secs_to_ms "$secs") ms ($how)"
         dump $EX_PROXY $EX_BACKEND
@@ -374,9 +375,9 @@ check_backend_stopped() {
 
 # --- 5. idle exits ------------------------------------------------------------------------
 check_idle_exit() {
-    local t0 proxy_down='' backend_down='' deadline code secs
+    local t0 t1 proxy_down='' backend_down='' deadline code secs
     # Make sure both are up, then leave them alone.
-    read -r code secs <<<"$(get "$URL")"
+    read -r code secs t0 t1 <<<"$(get "$URL")"
     t0=$(now_ns)
     deadline=$((t0 + 30 * 1000000000))
     while (($(now_ns) < deadline)); do
@@ -395,20 +396,39 @@ check_idle_exit() {
     bs=$(prop $EX_BACKEND Result)
     ls=no
     listening "$EXAMPLE_PORT" && ls=yes
-    local t1 code2 secs2
-    t1=$(now_ns)
-    read -r code2 secs2 <<<"$(get "$URL")"
+    local code2 secs2
+    read -r code2 secs2 t1 t1 <<<"$(get "$URL")"
     if [[ $ps != active && $bs == success && $ls == yes && $code2 == 200 ]] && is_state $EX_SOCKET active; then
-        pass 5 "idle exits: proxy down $(ms "$t0" "$proxy_down") ms and backend down $(ms "$t0" "$backend_down") ms after the last request (backend exit: $bs), port still listening, next request HTTP 200 (measured $(secs_to_ms "$secs2") ms)"
+        pass 5 "idle exits: proxy down $(ms "$t0" "$proxy_down") ms and backend down $(ms "$t0" "$backend_down") ms after the last request (backend exit: $bs), port still listening, next request HTTP 200 (measured $(secs_to_ms "$secs2") ms, a cold start)"
     else
         fail 5 "idle exits: proxy $ps, backend result $bs, port listening: $ls, next request HTTP $code2"
         dump $EX_PROXY $EX_BACKEND
     fi
 }
 
+# --- 12. the proxy idle-exits first, as configured; the backend is still up -----------------
+check_proxy_only_restart() {
+    local code secs t0 t1 why=''
+    read -r code secs t0 t1 <<<"$(get "$URL")"
+    [[ $code == 200 ]] || why+="priming request: HTTP $code; "
+    wait_until 10 eval '! is_state '$EX_PROXY' active' || why+="proxy did not idle-exit; "
+    if ! is_state $EX_BACKEND active; then
+        fail 12 "proxy idle exit before the backend's: backend already $(state $EX_BACKEND) (${why%; })"
+        return
+    fi
+    read -r code secs t0 t1 <<<"$(get "$URL")"
+    [[ $code == 200 ]] || why+="HTTP $code; "
+    if [[ -z $why ]]; then
+        pass 12 "proxy idle-exited, backend still up (the usual state after EXIT_IDLE_TIME): HTTP 200 (measured $(secs_to_ms "$secs") ms: re-activating the hardened proxy)"
+    else
+        fail 12 "proxy idle-exited, backend up: ${why%; }"
+        dump $EX_PROXY $EX_BACKEND
+    fi
+}
+
 # --- 6. many first requests on a cold backend ---------------------------------------------
 check_concurrent() {
-    box systemctl stop $EX_PROXY $EX_BACKEND
+    box systemctl stop --quiet $EX_PROXY $EX_BACKEND
     if ! wait_until 10 cold $EX_PROXY $EX_BACKEND; then
         fail 6 "concurrent: could not make the backend cold"
         return
@@ -418,15 +438,16 @@ check_concurrent() {
     t0=$(now_ns)
     net bash -c '
         for i in $(seq "$1"); do
-            curl -s -o /dev/null --max-time 30 -w "%{http_code} %{time_total}\n" "$2" >"$3/$i" &
+            bash -c "$4" _ "$2" >"$3/$i" &
         done
-        wait' _ "$CONCURRENT" "$URL" "$dir"
-    local ok200 slowest bound
+        wait' _ "$CONCURRENT" "$URL" "$dir" "$CURL_TIMED"
+    local ok200 slowest bound last_end
     ok200=$(cat "$dir"/* | awk '$1 == 200' | wc -l)
     slowest=$(cat "$dir"/* | awk '{ if ($2 > m) m = $2 } END { printf "%.1f", m * 1000 }')
+    last_end=$(cat "$dir"/* | awk '{ if ($4 > m) m = $4 } END { printf "%.0f", m }')
     bound=$(event bound "$t0" "$EXAMPLE_LOG")
     if [[ $ok200 -eq $CONCURRENT ]]; then
-        pass 6 "$CONCURRENT concurrent first requests on a cold backend: all HTTP 200 (measured: slowest $slowest ms; backend bound $(ms "$t0" "${bound:-$t0}") ms after they began)"
+        pass 6 "$CONCURRENT concurrent first requests on a cold backend: all HTTP 200 (measured: slowest $slowest ms; backend bound at +$(ms "$t0" "${bound:-$t0}") ms, last curl done $(ms "${bound:-$t0}" "$last_end") ms after it)"
     else
         fail 6 "$CONCURRENT concurrent first requests: $ok200 got HTTP 200; codes: $(cut -d' ' -f1 "$dir"/* | sort | uniq -c | xargs)"
         dump $EX_PROXY $EX_BACKEND
@@ -435,31 +456,36 @@ check_concurrent() {
 
 # --- 7. a backend that fails to start, then is fixed --------------------------------------
 check_broken_backend() {
-    box systemctl stop $EX_PROXY $EX_BACKEND
+    box systemctl stop --quiet $EX_PROXY $EX_BACKEND
     drop_in $EX_BACKEND zz-broken "[Service]
 ExecStart=
 ExecStart=/bin/false"
     box systemctl daemon-reload
     wait_until 10 cold $EX_PROXY $EX_BACKEND
-    local since t0 code1 secs1 code2 secs2 why=''
-    since=$(box date '+%Y-%m-%d %H:%M:%S')
-    t0=$(now_ns)
-    read -r code1 secs1 <<<"$(get "$URL")"
+    local cursor t0 t1 code1 secs1 code2 secs2 why=''
+    cursor=$(box journalctl -q -n 0 --show-cursor | sed -n 's/^-- cursor: //p')
+    read -r code1 secs1 t0 t1 <<<"$(get "$URL")"
     # A second client while still broken: the socket must still re-activate the proxy.
-    read -r code2 secs2 <<<"$(get "$URL")"
+    read -r code2 secs2 t0 t1 <<<"$(get "$URL")"
     local limit_ms=$(((CONNECT_TIMEOUT_S + 3) * 1000))
     [[ $code1 == 200 || $code2 == 200 ]] && why+="a broken backend answered 200?; "
     awk -v a="$secs1" -v b="$secs2" -v l="$limit_ms" 'BEGIN { exit !(a * 1000 > l || b * 1000 > l) }' &&
         why+="not prompt (over $limit_ms ms); "
-    # The socket must not be failed, nor left readable with a queued client.
+    # The socket must not be failed, nor left readable with a queued client, and each
+    # client must have cost one activation, not a re-trigger loop.
     wait_until 10 cold $EX_PROXY
-    local sock sres
+    local sock sres queued starts
     sock=$(state $EX_SOCKET)
     sres=$(prop $EX_SOCKET Result)
     [[ $sock == active && $sres == success ]] || why+="socket is $sock (result $sres); "
+    queued=$(net ss -Htln "sport = :$EXAMPLE_PORT" | awk '{ print $2; exit }')
+    [[ $queued == 0 ]] || why+="$queued client(s) left queued in the socket; "
+    starts=$(box journalctl -u $EX_PROXY --after-cursor="$cursor" -o cat --no-pager 2>/dev/null |
+        grep -c '^Started ')
+    ((starts <= 2)) || why+="$starts proxy activations for 2 clients; "
     # The journal says why, naming the backend.
     local line
-    line=$(box journalctl -u $EX_PROXY --since "$since" -o cat --no-pager 2>/dev/null |
+    line=$(box journalctl -u $EX_PROXY --after-cursor="$cursor" -o cat --no-pager 2>/dev/null |
         grep -m1 "127.0.0.1:$EXAMPLE_BACKEND_PORT")
     [[ -n $line ]] || why+="no journal line of $EX_PROXY names 127.0.0.1:$EXAMPLE_BACKEND_PORT; "
     local bstate
@@ -468,10 +494,10 @@ ExecStart=/bin/false"
     rm -f "$SYSTEMD_ETC/$EX_BACKEND.d/zz-broken.conf"
     box systemctl daemon-reload
     local code3 secs3
-    read -r code3 secs3 <<<"$(get "$URL")"
+    read -r code3 secs3 t0 t1 <<<"$(get "$URL")"
     [[ $code3 == 200 ]] || why+="after the fix: HTTP $code3; "
     if [[ -z $why ]]; then
-        pass 7 "backend fails to start (ExecStart=/bin/false): clients closed promptly (measured $(secs_to_ms "$secs1") ms and $(secs_to_ms "$secs2") ms, HTTP $code1/$code2), socket $sock/$sres, backend $bstate, journal: \"$line\"; fixed backend served at once, HTTP 200 (measured $(secs_to_ms "$secs3") ms), no reset-failed"
+        pass 7 "backend fails to start (ExecStart=/bin/false): clients closed promptly (measured $(secs_to_ms "$secs1") ms and $(secs_to_ms "$secs2") ms, HTTP $code1/$code2, $starts proxy activations, accept queue $queued), socket $sock/$sres, backend $bstate, journal: \"$line\"; fixed backend served at once, HTTP 200 (measured $(secs_to_ms "$secs3") ms), no reset-failed"
     else
         fail 7 "broken backend: ${why%; } (requests: HTTP $code1 in $(secs_to_ms "$secs1") ms, $code2 in $(secs_to_ms "$secs2") ms)"
         dump $EX_SOCKET $EX_PROXY $EX_BACKEND
@@ -522,22 +548,21 @@ check_template() {
         fail 9 "template: not cold to begin with (socket $(state "$sock"), proxy $(state "$proxy"), backend $(state "$backend"))"
         return
     fi
-    local t0 c1 s1 c2 s2 c3 s3 c4 bound
-    t0=$(now_ns)
-    read -r c1 s1 <<<"$(get "$url")"
+    local t0 t1 t c1 s1 c2 s2 c3 s3 c4 bound
+    read -r c1 s1 t0 t1 <<<"$(get "$url")"
     bound=$(event bound "$t0" "$INSTANCE_LOG")
     [[ $c1 == 200 ]] || why+="cold: HTTP $c1; "
-    read -r c2 s2 <<<"$(get "$url")"
+    read -r c2 s2 t t <<<"$(get "$url")"
     [[ $c2 == 200 ]] || why+="warm: HTTP $c2; "
     # A client from a non-local address: IPAddressDeny= must not touch client connections.
-    read -r c3 s3 <<<"$(get "http://$OTHER_ADDR:$INSTANCE_PORT/" --interface "$OTHER_ADDR")"
+    read -r c3 s3 t t <<<"$(get "http://$OTHER_ADDR:$INSTANCE_PORT/" --interface "$OTHER_ADDR")"
     [[ $c3 == 200 ]] || why+="client from $OTHER_ADDR: HTTP $c3; "
     # The instance's unix socket, from inside the box (it lives in the box's /run).
     c4=$(box curl -s -o /dev/null --max-time 30 -w '%{http_code}' \
         --unix-socket "/run/rsproxyd/$INSTANCE.sock" http://localhost/)
     [[ $c4 == 200 ]] || why+="unix socket: HTTP $c4; "
     if [[ -z $why ]]; then
-        pass 9 "template instance rsproxyd@$INSTANCE (+ /etc/rsproxyd/$INSTANCE.conf, $backend): cold HTTP 200 (measured $(secs_to_ms "$s1") ms; backend bound $(ms "$t0" "${bound:-$t0}") ms after the request began), warm 200 ($(secs_to_ms "$s2") ms), non-local client 200 ($(secs_to_ms "$s3") ms), unix socket 200"
+        pass 9 "template instance rsproxyd@$INSTANCE (+ /etc/rsproxyd/$INSTANCE.conf, $backend): cold HTTP 200 (measured $(secs_to_ms "$s1") ms; backend bound at +$(ms "$t0" "${bound:-$t0}") ms, curl done $(ms "${bound:-$t0}" "$t1") ms after it), warm 200 ($(secs_to_ms "$s2") ms), non-local client 200 ($(secs_to_ms "$s3") ms), unix socket 200"
     else
         fail 9 "template instance: ${why%; }"
         dump "$sock" "$proxy" "$backend"
@@ -605,6 +630,7 @@ check_cold;            watch_sockets 1
 check_warm;            watch_sockets 2
 check_backend_stopped; watch_sockets 3
 check_idle_exit;       watch_sockets 5
+check_proxy_only_restart; watch_sockets 12
 check_concurrent;      watch_sockets 6
 check_broken_backend;  watch_sockets 7
 check_sigterm_download; watch_sockets 8
