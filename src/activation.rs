@@ -31,7 +31,9 @@ pub enum ActivationError {
     ZeroListenFds,
     #[error("LISTEN_FDS={0:?} is not a number of file descriptors ({HOW_TO_RUN})")]
     BadListenFds(String),
-    #[error("LISTEN_FDS is set but LISTEN_PID is not, so the sockets cannot be ours ({HOW_TO_RUN})")]
+    #[error(
+        "LISTEN_FDS is set but LISTEN_PID is not, so the sockets cannot be ours ({HOW_TO_RUN})"
+    )]
     NoListenPid,
     #[error("LISTEN_PID={0:?} is not a process id ({HOW_TO_RUN})")]
     BadListenPid(String),
@@ -41,7 +43,9 @@ pub enum ActivationError {
     NotOpen(RawFd),
     #[error("passed fd {0} is not a socket")]
     NotSocket(RawFd),
-    #[error("passed fd {fd} is a {kind} socket; rsproxyd relays stream sockets only (ListenStream=)")]
+    #[error(
+        "passed fd {fd} is a {kind} socket; rsproxyd relays stream sockets only (ListenStream=)"
+    )]
     NotStream { fd: RawFd, kind: String },
     #[error("passed fd {fd} cannot be set up: {err}")]
     Setup { fd: RawFd, err: String },
@@ -128,8 +132,7 @@ pub fn classify(fd: OwnedFd, number: RawFd) -> Result<Activated, ActivationError
         return Err(ActivationError::NotStream { fd: number, kind });
     }
     let listening = sock.is_listener().map_err(setup)?;
-    fcntl(number, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
-        .map_err(|e| setup(e.into()))?;
+    fcntl(number, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| setup(e.into()))?;
     let flags = fcntl(number, FcntlArg::F_GETFL).map_err(|e| setup(e.into()))?;
     fcntl(
         number,
@@ -156,7 +159,12 @@ mod tests {
     fn listen_env_table() {
         use ActivationError::*;
         let ours = 4242;
-        let table: Vec<(Option<&str>, Option<&str>, Result<usize, ActivationError>)> = vec![
+        type Row<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            Result<usize, ActivationError>,
+        );
+        let table: Vec<Row> = vec![
             (Some("4242"), Some("1"), Ok(1)),
             (Some("4242"), Some("3"), Ok(3)),
             (Some(" 4242"), Some("2 "), Ok(2)),

@@ -268,8 +268,13 @@ mod tests {
     /// A port that refuses connections until `listen` is called on the returned socket.
     fn bound_not_listening() -> (Socket, u16) {
         let s = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        s.bind(&"127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap().into())
-            .unwrap();
+        s.bind(
+            &"127.0.0.1:0"
+                .parse::<std::net::SocketAddr>()
+                .unwrap()
+                .into(),
+        )
+        .unwrap();
         s.set_nonblocking(true).unwrap();
         let port = s.local_addr().unwrap().as_socket().unwrap().port();
         (s, port)

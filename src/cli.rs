@@ -16,6 +16,7 @@ use crate::target::Target;
     version,
     about,
     long_about = None,
+    override_usage = "rsproxyd [OPTIONS] TARGET",
     after_help = "TARGET is HOST:PORT, [IPV6]:PORT, /path/to/unix.sock or @abstract-name.\n\
                   TIME is a systemd time span: 500ms, 30s, 5min, '1h 30min', a bare number \
                   of seconds, or infinity.\n\
@@ -69,7 +70,9 @@ pub enum CliError {
     NotEnoughParameters,
     #[error("Too many parameters: {0:?}.\nUsage: rsproxyd [OPTIONS] TARGET (exactly one TARGET)")]
     TooManyParameters(Vec<String>),
-    #[error("Failed to parse --connections-max= argument: {0} (expected a whole number, 1 or more)")]
+    #[error(
+        "Failed to parse --connections-max= argument: {0} (expected a whole number, 1 or more)"
+    )]
     ConnectionsMax(String),
     #[error("Failed to parse --{flag}= argument: {value} ({why})")]
     Time {
@@ -97,7 +100,10 @@ where
     T: Into<OsString> + Clone,
 {
     match Args::try_parse_from(args) {
-        Ok(args) => args.into_config().map(Parsed::Run).map_err(|e| e.to_string()),
+        Ok(args) => args
+            .into_config()
+            .map(Parsed::Run)
+            .map_err(|e| e.to_string()),
         Err(e) => match e.kind() {
             clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
                 Ok(Parsed::Info(e.render().to_string()))
@@ -291,16 +297,43 @@ mod tests {
             (vec![], "Not enough parameters."),
             (vec!["-c", "5"], "Not enough parameters."),
             (vec!["a:1", "b:2"], "Too many parameters"),
-            (vec!["-c", "0", "a:1"], "Failed to parse --connections-max= argument: 0"),
+            (
+                vec!["-c", "0", "a:1"],
+                "Failed to parse --connections-max= argument: 0",
+            ),
             (vec!["-c", "-3", "a:1"], "-3"),
-            (vec!["-cfoo", "a:1"], "Failed to parse --connections-max= argument: foo"),
-            (vec!["--connections-max=", "a:1"], "Failed to parse --connections-max= argument: "),
-            (vec!["--connections-max=99999999999999999999999", "a:1"], "--connections-max="),
-            (vec!["--exit-idle-time=5x", "a:1"], "Failed to parse --exit-idle-time= argument: 5x"),
-            (vec!["--exit-idle-time=", "a:1"], "Failed to parse --exit-idle-time= argument: "),
-            (vec!["--exit-idle-time=-1s", "a:1"], "--exit-idle-time= argument: -1s"),
-            (vec!["--connect-timeout=soon", "a:1"], "--connect-timeout= argument: soon"),
-            (vec!["--drain-timeout=1e3", "a:1"], "--drain-timeout= argument: 1e3"),
+            (
+                vec!["-cfoo", "a:1"],
+                "Failed to parse --connections-max= argument: foo",
+            ),
+            (
+                vec!["--connections-max=", "a:1"],
+                "Failed to parse --connections-max= argument: ",
+            ),
+            (
+                vec!["--connections-max=99999999999999999999999", "a:1"],
+                "--connections-max=",
+            ),
+            (
+                vec!["--exit-idle-time=5x", "a:1"],
+                "Failed to parse --exit-idle-time= argument: 5x",
+            ),
+            (
+                vec!["--exit-idle-time=", "a:1"],
+                "Failed to parse --exit-idle-time= argument: ",
+            ),
+            (
+                vec!["--exit-idle-time=-1s", "a:1"],
+                "--exit-idle-time= argument: -1s",
+            ),
+            (
+                vec!["--connect-timeout=soon", "a:1"],
+                "--connect-timeout= argument: soon",
+            ),
+            (
+                vec!["--drain-timeout=1e3", "a:1"],
+                "--drain-timeout= argument: 1e3",
+            ),
             (vec!["--bogus", "a:1"], "--bogus"),
             (vec!["--exit-idle-time"], "--exit-idle-time"),
             (vec!["-c"], "-c"),
@@ -332,7 +365,19 @@ mod tests {
             let want = (*micros != u64::MAX).then(|| Duration::from_micros(*micros));
             assert_eq!(got, want, "{input}");
         }
-        for bad in ["", "5x", "-1s", "1e3", "s5", "second", "s 5", "min5", "5s min", "infinity s", "1..2s"] {
+        for bad in [
+            "",
+            "5x",
+            "-1s",
+            "1e3",
+            "s5",
+            "second",
+            "s 5",
+            "min5",
+            "5s min",
+            "infinity s",
+            "1..2s",
+        ] {
             assert!(parse_timespan(bad).is_err(), "{bad:?} should be refused");
         }
     }
@@ -346,7 +391,9 @@ mod tests {
             .args(TIMESPAN_TABLE.iter().map(|(i, _)| *i))
             .output()
         else {
-            eprintln!("systemd-analyze not installed: table checked against its stored values only");
+            eprintln!(
+                "systemd-analyze not installed: table checked against its stored values only"
+            );
             return;
         };
         let text = String::from_utf8_lossy(&out.stdout);

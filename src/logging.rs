@@ -29,7 +29,7 @@ pub fn stderr_is_journal(journal_stream: Option<&str>) -> bool {
         return false;
     };
     match nix::sys::stat::fstat(2) {
-        Ok(st) => st.st_dev as u64 == dev && st.st_ino as u64 == ino,
+        Ok(st) => st.st_dev == dev && st.st_ino == ino,
         Err(_) => false,
     }
 }

@@ -67,7 +67,9 @@ async fn handle_signals(stop: Stop) {
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
-        tracing::warn!("cannot install signal handlers; SIGTERM will end rsproxyd without draining");
+        tracing::warn!(
+            "cannot install signal handlers; SIGTERM will end rsproxyd without draining"
+        );
         return;
     };
     let mut seen = 0;

@@ -47,7 +47,10 @@ pub async fn relay(client: &AsyncFd<OwnedFd>, backend: &AsyncFd<OwnedFd>) -> io:
 enum Step {
     Eof,
     /// `n` bytes read; `full` when they filled the whole buffer (bulk traffic).
-    Data { n: usize, full: bool },
+    Data {
+        n: usize,
+        full: bool,
+    },
 }
 
 /// Copies `src` to `dst` until EOF, then shuts down `dst` for writing. Starts with plain
@@ -156,7 +159,11 @@ async fn flush(dst: &AsyncFd<OwnedFd>, spill: &mut Vec<u8>) -> io::Result<()> {
 }
 
 /// Moves `left` bytes already in `pipe` to `dst` by read/write.
-async fn drain_pipe_by_copy(pipe: &Pipe, mut left: usize, dst: &AsyncFd<OwnedFd>) -> io::Result<()> {
+async fn drain_pipe_by_copy(
+    pipe: &Pipe,
+    mut left: usize,
+    dst: &AsyncFd<OwnedFd>,
+) -> io::Result<()> {
     let mut buf = vec![0u8; left.min(crate::limits::COPY_BUFFER)];
     while left > 0 {
         let want = left.min(buf.len());

@@ -127,7 +127,10 @@ pub async fn run(
     let mut loops = tokio::task::JoinSet::new();
     for sock in listening {
         let fd = Arc::new(crate::relay::register(sock.fd).map_err(|e| {
-            anyhow::anyhow!("cannot watch passed fd {} for connections: {e}", sock.number)
+            anyhow::anyhow!(
+                "cannot watch passed fd {} for connections: {e}",
+                sock.number
+            )
         })?);
         listeners.push(fd.clone());
         loops.spawn(accept_loop(shared.clone(), fd, sock.number));
@@ -168,7 +171,10 @@ pub async fn run(
     while loops.join_next().await.is_some() {}
     shared.relays.close();
     let grace = shared.config.drain_timeout;
-    if tokio::time::timeout(grace, shared.relays.wait()).await.is_err() {
+    if tokio::time::timeout(grace, shared.relays.wait())
+        .await
+        .is_err()
+    {
         tracing::warn!(
             "drain timeout ({grace:?}) passed with {} connection(s) still open: closing them",
             shared.relays.len()
@@ -251,7 +257,9 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, numbe
                     }
                     Err(ConnectError::NoFds(e)) => {
                         drop((busy, permit));
-                        if pause_for_fds(&stop, &mut fd_trouble, "connecting to the backend", &e).await {
+                        if pause_for_fds(&stop, &mut fd_trouble, "connecting to the backend", &e)
+                            .await
+                        {
                             return;
                         }
                         continue;
@@ -260,8 +268,11 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, numbe
             }
         };
         let accepted = guard.try_io(|l| {
-            accept4(l.get_ref().as_raw_fd(), SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC)
-                .map_err(std::io::Error::from)
+            accept4(
+                l.get_ref().as_raw_fd(),
+                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            )
+            .map_err(std::io::Error::from)
         });
         match accepted {
             Ok(Ok(raw)) => {
@@ -348,7 +359,9 @@ fn spawn_relay(
         async {
             tracing::debug!("open");
             match crate::relay::relay(&client, &backend).await {
-                Ok(m) => tracing::debug!(to_backend = m.to_backend, to_client = m.to_client, "closed"),
+                Ok(m) => {
+                    tracing::debug!(to_backend = m.to_backend, to_client = m.to_client, "closed")
+                }
                 Err(e) if is_peer_abort(&e) => tracing::debug!("closed by reset: {e}"),
                 Err(e) => tracing::warn!("relay {peer} <-> {target} failed: {e}"),
             }

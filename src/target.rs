@@ -33,7 +33,9 @@ pub enum Host {
 pub enum TargetError {
     #[error("target is empty")]
     Empty,
-    #[error("target '{0}' has no port: expected HOST:PORT, [IPV6]:PORT, /path/to.sock or @abstract")]
+    #[error(
+        "target '{0}' has no port: expected HOST:PORT, [IPV6]:PORT, /path/to.sock or @abstract"
+    )]
     NoPort(String),
     #[error("target '{0}' has no host before the port")]
     NoHost(String),
@@ -41,7 +43,9 @@ pub enum TargetError {
     BadPort { target: String, port: String },
     #[error("target '{0}' has a bad bracketed address: expected [IPV6]:PORT, e.g. [::1]:8080")]
     BadBrackets(String),
-    #[error("target '{0}' looks like an IPv6 address without brackets: write it as [ADDRESS]:PORT")]
+    #[error(
+        "target '{0}' looks like an IPv6 address without brackets: write it as [ADDRESS]:PORT"
+    )]
     UnbracketedIpv6(String),
     #[error("target '{0}': a unix socket path must be absolute (start with /)")]
     RelativePath(String),
@@ -288,7 +292,10 @@ mod tests {
                 .parse::<Target>()
                 .expect_err(&format!("{input:?} should be refused"));
             let text = err.to_string();
-            assert!(text.contains(want), "{input:?}: got {text:?}, want {want:?}");
+            assert!(
+                text.contains(want),
+                "{input:?}: got {text:?}, want {want:?}"
+            );
         }
     }
 
@@ -304,6 +311,9 @@ mod tests {
         assert!(!t.resolve().await.unwrap().is_empty());
         let t: Target = "@x".parse().unwrap();
         let a = t.resolve().await.unwrap();
-        assert_eq!(a[0].len() as usize, std::mem::size_of::<libc::sa_family_t>() + 2);
+        assert_eq!(
+            a[0].len() as usize,
+            std::mem::size_of::<libc::sa_family_t>() + 2
+        );
     }
 }

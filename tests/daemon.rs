@@ -19,7 +19,9 @@ fn relay_is_byte_exact() {
     let mut sizes = vec![0usize, 1, 10 * 1024 * 1024];
     let mut seed = 7u64;
     for _ in 0..12 {
-        seed = seed.wrapping_mul(2862933555777941757).wrapping_add(3037000493);
+        seed = seed
+            .wrapping_mul(2862933555777941757)
+            .wrapping_add(3037000493);
         sizes.push((seed >> 40) as usize % (3 * 1024 * 1024));
     }
     for (i, size) in sizes.into_iter().enumerate() {
@@ -108,7 +110,9 @@ fn connect_timeout_closes_clients_and_keeps_serving() {
     let target = cold.addr.to_string();
     let (mut proxy, addr) = spawn_proxy(&target, &["--connect-timeout=300ms"], &[]);
     let started = Instant::now();
-    let clients: Vec<_> = (0..3).map(|_| thread::spawn(move || exchange(addr, b"hi"))).collect();
+    let clients: Vec<_> = (0..3)
+        .map(|_| thread::spawn(move || exchange(addr, b"hi")))
+        .collect();
     for c in clients {
         match c.join().unwrap() {
             Ok(got) => assert!(got.is_empty(), "a refused client got data: {got:?}"),
@@ -174,7 +178,10 @@ fn connection_limit_one() {
     second
         .set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    assert!(second.read(&mut b).is_err(), "second relayed while first open");
+    assert!(
+        second.read(&mut b).is_err(),
+        "second relayed while first open"
+    );
     drop(first);
     second.set_read_timeout(Some(DEADLINE)).unwrap();
     second.read_exact(&mut b).unwrap();
@@ -188,7 +195,9 @@ fn idle_exit_timer_runs_from_start() {
     let started = Instant::now();
     let (mut proxy, _addr) =
         spawn_proxy(&backend.addr.to_string(), &["--exit-idle-time=300ms"], &[]);
-    let status = proxy.wait_exit(DEADLINE).expect("rsproxyd did not idle-exit");
+    let status = proxy
+        .wait_exit(DEADLINE)
+        .expect("rsproxyd did not idle-exit");
     assert!(status.success(), "{status:?}");
     assert!(started.elapsed() >= Duration::from_millis(300));
 }
@@ -350,7 +359,10 @@ fn second_signal_exits_at_once() {
     let mut b = [0u8; 1];
     c.read_exact(&mut b).unwrap();
     proxy.signal(libc::SIGTERM);
-    assert!(proxy.wait_exit(Duration::from_millis(300)).is_none(), "did not drain");
+    assert!(
+        proxy.wait_exit(Duration::from_millis(300)).is_none(),
+        "did not drain"
+    );
     proxy.signal(libc::SIGTERM);
     let status = proxy.wait_exit(DEADLINE).expect("second signal ignored");
     assert!(!status.success());
@@ -416,7 +428,10 @@ fn follow_backend_exits_after_timeout() {
         &[],
     );
     let got = exchange(addr, b"x");
-    assert!(matches!(&got, Ok(v) if v.is_empty()) || got.is_err(), "{got:?}");
+    assert!(
+        matches!(&got, Ok(v) if v.is_empty()) || got.is_err(),
+        "{got:?}"
+    );
     let status = proxy.wait_exit(DEADLINE).expect("rsproxyd did not exit");
     assert!(status.success(), "{status:?}");
     assert!(proxy.stderr().contains("Failed to connect to remote host"));
