@@ -354,7 +354,13 @@ fn spawn_relay(
                 return;
             }
         };
-        let peer = peer_name(&client);
+        // getpeername(2) only when something will be logged.
+        let debug = tracing::enabled!(tracing::Level::DEBUG);
+        let peer = if debug {
+            peer_name(&client)
+        } else {
+            String::new()
+        };
         let span = tracing::debug_span!("conn", client = %peer, backend = %target);
         async {
             tracing::debug!("open");
@@ -363,7 +369,10 @@ fn spawn_relay(
                     tracing::debug!(to_backend = m.to_backend, to_client = m.to_client, "closed")
                 }
                 Err(e) if is_peer_abort(&e) => tracing::debug!("closed by reset: {e}"),
-                Err(e) => tracing::warn!("relay {peer} <-> {target} failed: {e}"),
+                Err(e) => {
+                    let peer = if debug { peer } else { peer_name(&client) };
+                    tracing::warn!("relay {peer} <-> {target} failed: {e}")
+                }
             }
         }
         .instrument(span)
