@@ -212,6 +212,13 @@ async fn connect_one(addr: &SockAddr, deadline: Option<Instant>) -> io::Result<C
         Err(e) => return Err(e),
     }
     let conn = crate::relay::register(OwnedFd::from(socket))?;
+    // On loopback the handshake has usually completed by now: look before waiting.
+    if connected_already(conn.get_ref()) {
+        return match socket2::SockRef::from(conn.get_ref()).take_error()? {
+            Some(e) => Err(e),
+            None => Ok(conn),
+        };
+    }
     let wait = conn.writable();
     let mut guard = match deadline {
         None => wait.await?,
@@ -225,6 +232,14 @@ async fn connect_one(addr: &SockAddr, deadline: Option<Instant>) -> io::Result<C
         Some(e) => Err(e),
         None => Ok(conn),
     }
+}
+
+/// True if a connect in progress has finished (either way), without waiting.
+fn connected_already(fd: &OwnedFd) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
 }
 
 /// The text of an attempt that `--connect-timeout` cut short.

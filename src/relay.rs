@@ -61,9 +61,13 @@ async fn pump(src: &AsyncFd<OwnedFd>, dst: &AsyncFd<OwnedFd>) -> io::Result<u64>
     let mut spill: Vec<u8> = Vec::new();
     let mut pipe: Option<Pipe> = None;
     let mut splice_ok = true;
+    // A new connection's first read is tried before its readiness is known: the client has
+    // usually sent its request already, and this saves a trip through the event loop.
+    let mut eager = true;
     loop {
         if let Some(p) = &pipe {
-            let n = on_readable(src, |_| p.fill(src.get_ref())).await;
+            let cap = p.capacity();
+            let n = on_readable(src, false, |_| p.fill(src.get_ref()), |n| *n < cap).await;
             let n = match n {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     // This pair of fds cannot splice; go back to read/write for good.
@@ -94,7 +98,14 @@ async fn pump(src: &AsyncFd<OwnedFd>, dst: &AsyncFd<OwnedFd>) -> io::Result<u64>
             }
             continue;
         }
-        match on_readable(src, |fd| copy_once(fd, dst.get_ref(), &mut spill)).await? {
+        let step = on_readable(
+            src,
+            eager,
+            |fd| copy_once(fd, dst.get_ref(), &mut spill),
+            |step| matches!(step, Step::Data { full: false, .. }),
+        );
+        eager = false;
+        match step.await? {
             Step::Eof => break,
             Step::Data { n, full } => {
                 total += n as u64;
@@ -184,28 +195,51 @@ fn retry_eintr<T>(mut f: impl FnMut() -> nix::Result<T>) -> io::Result<T> {
     }
 }
 
-/// Runs `f` once `fd` is readable, again after each spurious wake-up.
+/// Runs a read-side operation `f` when `fd` is readable (at once first, if `eager`).
+/// Readiness is cleared on EAGAIN, and when `drained` says the result left the socket empty
+/// (a short read), which saves the extra read that would only return EAGAIN.
 async fn on_readable<T>(
     fd: &AsyncFd<OwnedFd>,
+    eager: bool,
     mut f: impl FnMut(&OwnedFd) -> io::Result<T>,
+    drained: impl Fn(&T) -> bool,
 ) -> io::Result<T> {
+    if eager {
+        match f(fd.get_ref()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            r => return r,
+        }
+    }
     loop {
         let mut guard = fd.readable().await?;
-        if let Ok(r) = guard.try_io(|inner| f(inner.get_ref())) {
-            return r;
+        match f(fd.get_ref()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+            Ok(v) => {
+                if drained(&v) {
+                    guard.clear_ready();
+                }
+                return Ok(v);
+            }
+            Err(e) => return Err(e),
         }
     }
 }
 
-/// Runs `f` once `fd` is writable, again after each spurious wake-up.
+/// Runs a write-side operation `f`, at once, and again each time `fd` becomes writable
+/// while it returns EAGAIN (writes usually fit, so readiness is not asked first).
 async fn on_writable<T>(
     fd: &AsyncFd<OwnedFd>,
     mut f: impl FnMut(&OwnedFd) -> io::Result<T>,
 ) -> io::Result<T> {
+    match f(fd.get_ref()) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        r => return r,
+    }
     loop {
         let mut guard = fd.writable().await?;
-        if let Ok(r) = guard.try_io(|inner| f(inner.get_ref())) {
-            return r;
+        match f(fd.get_ref()) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+            r => return r,
         }
     }
 }

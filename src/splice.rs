@@ -35,6 +35,11 @@ impl Pipe {
         })
     }
 
+    /// How many bytes the pipe holds.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
     /// Moves up to the pipe's capacity from `src` into the pipe. 0 means EOF on `src`.
     pub fn fill(&self, src: impl AsFd) -> io::Result<usize> {
         Ok(splice(
