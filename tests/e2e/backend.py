@@ -18,6 +18,7 @@ unit's backend with Environment= lines and leave its ExecStart= alone.
 import argparse
 import http.server
 import os
+import select
 import shutil
 import sys
 import threading
@@ -41,7 +42,8 @@ def parse_args():
 
 
 class Activity:
-    """Requests in flight and when the last one ended, shared by the handler threads."""
+    """Connections in flight and when the last one ended, shared by the handler threads.
+    A connection counts from its accept(), so one being parsed is not "idle"."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -82,7 +84,6 @@ def make_handler(activity, events, big_file):
         protocol_version = "HTTP/1.0"
 
         def do_GET(self):
-            activity.begin()
             events.write(f"request {time.time_ns()} {self.path}")
             try:
                 if self.path == "/big" and big_file:
@@ -102,8 +103,6 @@ def make_handler(activity, events, big_file):
                     self.wfile.write(body)
             except (BrokenPipeError, ConnectionResetError) as e:
                 print(f"client went away: {e}", flush=True)
-            finally:
-                activity.end()
 
         def log_message(self, fmt, *args):
             print("access: " + fmt % args, flush=True)
@@ -116,28 +115,52 @@ class Server(http.server.ThreadingHTTPServer):
     # when 50 clients arrive at once and turn a cold start into a 1 s retransmit.
     request_queue_size = 512
     daemon_threads = True
+    # How long handle_request() waits for a connection before the idle check runs again.
+    timeout = 0.02
+
+    def __init__(self, address, handler, activity):
+        self.activity = activity
+        super().__init__(address, handler)
+
+    def process_request(self, request, client_address):
+        # Runs in the accepting thread, before the handler thread exists.
+        self.activity.begin()
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self.activity.end()
+            raise
+
+    def shutdown_request(self, request):
+        # Runs in the handler thread once the connection is done with.
+        try:
+            super().shutdown_request(request)
+        finally:
+            self.activity.end()
+
+    def pending(self):
+        """Whether a connection waits in the accept queue."""
+        return bool(select.select([self.socket], [], [], 0)[0])
 
 
 def main():
     args = parse_args()
     host, _, port = args.listen.rpartition(":")
     time.sleep(args.delay)  # the slow start being simulated, not a synchronisation
-    activity = Activity()
     events = EventLog(args.log)
-    server = Server((host.strip("[]"), int(port)), make_handler(activity, events, args.big_file))
+    activity = Activity()
+    handler = make_handler(activity, events, args.big_file)
+    server = Server((host.strip("[]"), int(port)), handler, activity)
+    activity.last_end = time.monotonic()  # idle counts from the bind
     events.write(f"bound {time.time_ns()} pid {os.getpid()} listen {args.listen}")
-
-    def idle_watch():
-        while True:
-            idle = activity.idle_for()
-            if idle >= args.idle_exit:
-                print(f"idle for {idle:.1f}s, exiting", flush=True)
-                server.shutdown()
-                return
-            time.sleep(0.05)
-
-    threading.Thread(target=idle_watch, daemon=True).start()
-    server.serve_forever(poll_interval=0.05)
+    # Accept and check for idleness in the same thread, and never leave with a connection
+    # in the accept queue: an idle exit must not reset a client that already connected.
+    while True:
+        server.handle_request()
+        idle = activity.idle_for()
+        if idle >= args.idle_exit and not server.pending():
+            break
+    print(f"idle for {idle:.2f}s, exiting", flush=True)
     server.server_close()
     return 0
 

@@ -540,6 +540,44 @@ check_sigterm_download() {
     fi
 }
 
+# --- 13. a backend that leaves after every request -----------------------------------------
+# Each request finds the backend gone under a running proxy: the proxy exits and is
+# re-activated (two proxy starts per request). With systemd's default start limit on the
+# proxy (5 in 10 s) the fourth such request fails it with start-limit-hit and the socket
+# with service-start-limit-hit; the units set StartLimitIntervalSec=0 against that.
+check_backend_flapping() {
+    local n=12 i code secs t0 t1 codes=() slowest=0 why='' proxy_up=0 cursor starts
+    cursor=$(box journalctl -q -n 0 --show-cursor | sed -n 's/^-- cursor: //p')
+    drop_in $EX_BACKEND zz-flap "[Service]
+Environment=BACKEND_IDLE_EXIT=0.05"
+    box systemctl daemon-reload
+    for ((i = 0; i < n; i++)); do
+        # Wait until the backend has left (the proxy stays up: its idle time is longer).
+        wait_until 10 eval '! is_state '$EX_BACKEND' active' || why+="backend did not leave; "
+        is_state $EX_PROXY active && proxy_up=$((proxy_up + 1))
+        read -r code secs t0 t1 <<<"$(get "$URL")"
+        codes+=("$code")
+        slowest=$(awk -v a="$slowest" -v b="$secs" 'BEGIN { print (b > a ? b : a) }')
+    done
+    rm -f "$SYSTEMD_ETC/$EX_BACKEND.d/zz-flap.conf"
+    box systemctl daemon-reload
+    local good
+    good=$(printf '%s\n' "${codes[@]}" | grep -c '^200$')
+    ((good == n)) || why+="$good of $n got HTTP 200 (${codes[*]}); "
+    local sock sres
+    sock=$(state $EX_SOCKET)
+    sres=$(prop $EX_SOCKET Result)
+    [[ $sock == active && $sres == success ]] || why+="socket $sock (result $sres); "
+    starts=$(box journalctl -u $EX_PROXY --after-cursor="$cursor" -o cat --no-pager 2>/dev/null |
+        grep -c '^Started ')
+    if [[ -z $why ]]; then
+        pass 13 "backend exits 50 ms after every request: $n requests, $proxy_up of them finding it gone under a running proxy, all HTTP 200 (measured: slowest $(secs_to_ms "$slowest") ms), $starts proxy starts, socket $sock/$sres"
+    else
+        fail 13 "flapping backend: ${why%; }"
+        dump $EX_SOCKET $EX_PROXY $EX_BACKEND
+    fi
+}
+
 # --- 9. the templated instance ------------------------------------------------------------
 check_template() {
     local proxy=rsproxyd@$INSTANCE.service backend=$INSTANCE-backend.service
@@ -634,6 +672,7 @@ check_proxy_only_restart; watch_sockets 12
 check_concurrent;      watch_sockets 6
 check_broken_backend;  watch_sockets 7
 check_sigterm_download; watch_sockets 8
+check_backend_flapping; watch_sockets 13
 check_template;        watch_sockets 9
 check_sockets
 check_verify
