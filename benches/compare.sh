@@ -11,6 +11,8 @@
 #   RSPROXYD_BIN=path use this rsproxyd instead of building target/release/rsproxyd
 #   OUT=bench-results where results go
 #   SKIP_INSTALL=1    never call apt-get
+#   HAPROXY_SPLICE=auto  HAProxy with `option splice-auto` instead of forced
+#                     splice-request/response (auto never spliced iperf3 here: see harness)
 #
 # Every proxy gets the same listener the same way (benches/harness via loadgen: fd 3,
 # LISTEN_FDS=1, LISTEN_PID) and the same connection limit. Workloads (loopback only):
@@ -99,6 +101,8 @@ rm -f "$OUT"/logs/*.log
 WORK=$(mktemp -d /tmp/rsproxyd-compare.XXXXXX)
 export TMPDIR=$WORK
 RAW=$OUT/raw.tsv
+NOTES=$OUT/notes.txt
+: >"$NOTES"
 RSS=$OUT/rss.tsv
 PIDS=()      # the backends, ended by pid on exit
 PROXY_PID=   # the proxy running now, if any (reaped as soon as its workload ends)
@@ -218,6 +222,7 @@ measure() { # WORKLOAD PROXY LOGFILE
         proxy_up "$p" "$NGINX_PORT"
         timeout $((HTTP_SECS + 20)) wrk -t1 -c50 -d"${HTTP_SECS}s" "${hdr[@]}" "http://127.0.0.1:$PROXY_PORT/" >"$logf" 2>&1 || true
         VALUE=$(awk '/^Requests\/sec:/ { print $2 }' "$logf")
+        grep -E 'Socket errors|Non-2xx' "$logf" | sed "s|^ *|$w/$p round $r: wrk: |" >>"$NOTES" || true
         ;;
     cold_start)
         local name=$p
@@ -241,7 +246,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
             [[ $w == cold_start && $p != rsproxyd && $p != ssp ]] && continue
             measure "$w" "$p" "$OUT/logs/r$r-$w-$p.log"
             v=$VALUE
-            [[ -n $v ]] || log "  $w/$p failed, see $OUT/logs/r$r-$w-$p.log"
+            [[ -n $v ]] || echo "$w/$p round $r failed: see logs/r$r-$w-$p.log" | tee -a "$NOTES" >&2
             log "  $w $p ${v:-FAILED}"
             printf '%s\t%s\t%s\t%s\n' "$r" "$w" "$p" "${v:-nan}" >>"$RAW"
         done
@@ -274,13 +279,15 @@ done
     has_proxy rsproxyd && printf 'rsproxyd\t%s (commit %s)\n' "$("$RSPROXYD" --version 2>&1 | head -1)" \
         "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
     printf 'ssp\t%s\n' "$("$SSP" --version | head -1)"
-    printf 'haproxy\t%s\n' "$(haproxy -v | head -1 | cut -d' ' -f1-3)"
+    printf 'haproxy\t%s (%s)\n' "$(haproxy -v | head -1 | cut -d' ' -f1-3)" \
+        "$([[ ${HAPROXY_SPLICE:-} == auto ]] && echo splice-auto || echo splice-request/response)"
     printf 'tools\t%s; %s; %s; %s\n' "$(iperf3 --version | head -1 | cut -d' ' -f1-2)" \
         "$(redis-benchmark --version)" "$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)" "$(nginx -v 2>&1 | cut -d' ' -f3)"
     printf 'load\t%s before, %s after (1/5/15 min)\n' "$LOAD_BEFORE" "$(cut -d' ' -f1-3 /proc/loadavg)"
     cmd="benches/compare.sh"
     [[ $QUICK == 1 ]] && cmd="QUICK=1 $cmd"
     [[ $ROUNDS != 3 ]] && cmd="ROUNDS=$ROUNDS $cmd"
+    [[ ${HAPROXY_SPLICE:-} == auto ]] && cmd="HAPROXY_SPLICE=auto $cmd"
     printf 'command\t%s\n' "$cmd"
 } >"$OUT/machine.tsv"
 

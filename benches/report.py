@@ -135,6 +135,10 @@ def main(out):
         md.append(f"Date: {machine.get('date', '?')}; load average {machine.get('load', '?')}.  ")
         md.append(f"Reproduce: `{machine.get('command', 'benches/compare.sh')}` (as root on Debian 12).\n")
     md.append("![benchmark chart](chart.svg)\n")
+    notes_path = os.path.join(out, "notes.txt")
+    notes = open(notes_path).read().strip() if os.path.exists(notes_path) else ""
+    if notes:
+        md.append("Notes from the run:\n\n" + "\n".join(f"- {n}" for n in notes.splitlines()) + "\n")
     md.append("<details><summary>Every round</summary>\n\n" + "\n".join(detail) + "\n\n</details>\n")
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(md))
@@ -143,6 +147,9 @@ def main(out):
     print(table)
     print()
     print(rss_table)
+    if notes:
+        print()
+        print(notes)
 
 
 def chart(proxies, med, rss, machine):
