@@ -5,7 +5,8 @@
 # usage: tests/e2e/run.sh [PATH/TO/rsproxyd]     (default: target/release/rsproxyd)
 #   E2E_PROXY=ssp  run the same checks with /lib/systemd/systemd-socket-proxyd in place of
 #                  rsproxyd (a baseline: several checks are expected to fail)
-#   E2E_KEEP=1     keep the box's journal in the work directory and print its path
+#   E2E_KEEP=1     keep the work directory (the box's journal.txt, console.log) and print
+#                  its path
 #
 # Needs root and: systemd-container (systemd-nspawn), curl, iproute2 (ss, ip), python3.
 # Exit status: 0 all passed, 1 a check failed, 2 the suite could not run, 77 skipped
@@ -57,7 +58,7 @@ fi
 
 die() { echo "e2e: cannot run: $*" >&2; echo "0 passed, 1 failed"; exit 2; }
 
-for tool in systemd-nspawn nsenter curl ss ip sha256sum setsid mount; do
+for tool in systemd-nspawn nsenter curl ss ip sha256sum setsid mount pgrep od awk; do
     command -v "$tool" >/dev/null ||
         die "$tool not found (apt-get install -y systemd-container curl iproute2)"
 done
@@ -107,8 +108,12 @@ MOUNTED_TMPFS=
 MOUNTED_ROOT=
 
 teardown() {
-    local rc=$?
+    local rc=$? job
     trap - EXIT INT TERM
+    # Background clients this script started (an interrupted check), then the box.
+    for job in $(jobs -p); do
+        [[ $job == "$NSPAWN_PID" ]] || kill "$job" 2>/dev/null
+    done
     if [[ -n $NSPAWN_PID ]] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
         # SIGTERM makes nspawn power the box off cleanly; wait for that, with a deadline.
         kill -TERM "$NSPAWN_PID" 2>/dev/null
@@ -142,7 +147,6 @@ net() { nsenter -t "$PID1" -n "$@"; }
 state() { box systemctl is-active "$1" 2>/dev/null; }
 prop() { box systemctl show -p "$2" --value "$1"; }
 is_state() { [[ $(state "$1") == "$2" ]]; }
-journal() { box journalctl -u "$1" -o cat --no-pager 2>/dev/null; }
 # dump UNIT...: the last journal lines of each unit, as comments, after a failure.
 dump() {
     local u
