@@ -276,8 +276,9 @@ done
     printf 'os\t%s\n' "$(. /etc/os-release && echo "$PRETTY_NAME")"
     printf 'rounds\t%s\n' "$ROUNDS"
     printf 'quick\t%s\n' "$QUICK"
-    has_proxy rsproxyd && printf 'rsproxyd\t%s (commit %s)\n' "$("$RSPROXYD" --version 2>&1 | head -1)" \
-        "$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+    rev=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+    git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || rev="$rev with uncommitted changes"
+    has_proxy rsproxyd && printf 'rsproxyd\t%s (commit %s)\n' "$("$RSPROXYD" --version 2>&1 | head -1)" "$rev"
     printf 'ssp\t%s\n' "$("$SSP" --version | head -1)"
     printf 'haproxy\t%s (%s)\n' "$(haproxy -v | head -1 | cut -d' ' -f1-3)" \
         "$([[ ${HAPROXY_SPLICE:-} == auto ]] && echo splice-auto || echo splice-request/response)"

@@ -71,8 +71,17 @@ def main(out):
         if os.path.exists(os.path.join(out, "machine.tsv")) else {}
 
     rounds = {}  # (workload, proxy) -> [values per round, None for a failure]
+    by_round = {}  # (workload, proxy) -> {round: value}
     for row in raw:
         rounds.setdefault((row["workload"], row["proxy"]), []).append(number(row["value"]))
+        by_round.setdefault((row["workload"], row["proxy"]), {})[row["round"]] = number(row["value"])
+
+    def paired(key, a, b):
+        """Median over rounds of a's value over b's in the same round (both measured minutes
+        apart at most, so a load change on the shared machine hits both)."""
+        ra, rb = by_round.get((key, a), {}), by_round.get((key, b), {})
+        qs = [ra[r] / rb[r] for r in ra if r in rb and ra[r] is not None and rb[r]]
+        return statistics.median(qs) if qs else None
     proxies = [p for p in PROXY_ORDER if any(k[1] == p for k in rounds)]
     med = {}
     for key, values in rounds.items():
@@ -93,14 +102,15 @@ def main(out):
                 continue
             v = med[(key, p)]
             cell = fmt(v)
-            if higher and p != "direct" and med.get((key, "direct")) is not None and v is not None:
-                cell += f" ({ratio(v, med[(key, 'direct')]):.2f}x direct)"
+            r = paired(key, p, "direct")
+            if higher and p != "direct" and r is not None:
+                cell += f" ({r:.2f}x direct)"
             cells.append(cell)
         ratios = []
         if "rsproxyd" in proxies:
             for p in PEERS:
                 if p in proxies:
-                    ratios.append(fmt_ratio(ratio(med.get((key, "rsproxyd")), med.get((key, p)))))
+                    ratios.append(fmt_ratio(paired(key, "rsproxyd", p)))
         unit_text = unit if higher else f"{unit}, lower is better"
         lines.append(f"| {label} | {unit_text} | " + " | ".join(cells)
                      + "".join(f" | {r}" for r in ratios) + " |")
@@ -122,9 +132,10 @@ def main(out):
     n_rounds = max((len(v) for v in rounds.values()), default=0)
     md = []
     md.append(f"## Benchmarks\n")
-    md.append(f"Medians of {n_rounds} interleaved round(s); ratios are rsproxyd's median over the peer's "
-              "(above 1.00x is better for rsproxyd, except for the cold-start delay where below is better). "
-              "In parentheses: the proxy's fraction of the direct connection.\n")
+    md.append(f"Medians of {n_rounds} interleaved round(s). Ratios are medians over rounds of the ratio "
+              "within a round (rsproxyd over the peer: above 1.00x is better for rsproxyd, except for the "
+              "cold-start delay, where below is better); in parentheses, the proxy's fraction of the direct "
+              "connection.\n")
     md.append(table + "\n")
     md.append(rss_table + "\n")
     if machine:
@@ -143,7 +154,7 @@ def main(out):
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(md))
     with open(os.path.join(out, "chart.svg"), "w") as f:
-        f.write(chart(proxies, med, rss, machine))
+        f.write(chart(proxies, med, rss, machine, paired))
     print(table)
     print()
     print(rss_table)
@@ -152,7 +163,7 @@ def main(out):
         print(notes)
 
 
-def chart(proxies, med, rss, machine):
+def chart(proxies, med, rss, machine, paired):
     """Three panels: throughput relative to direct, cold-start delay, peak RSS."""
     W, H = 1120, 470
     top, bottom = 70, 380
@@ -193,7 +204,7 @@ def chart(proxies, med, rss, machine):
     for i, (key, _, _, _) in enumerate(groups):
         bw = gw * 0.75 / max(len(shown), 1)
         for j, p in enumerate(shown):
-            r = ratio(med.get((key, p)), med.get((key, "direct")))
+            r = paired(key, p, "direct")
             if r is not None:
                 bar(x0 + i * gw + gw * 0.125 + j * bw, bw - 2, r, 1.2, COLOURS[p], f"{r:.2f}")
         svg.append(f'<text x="{x0 + (i + 0.5) * gw:.1f}" y="{bottom + 16}" text-anchor="middle">'
