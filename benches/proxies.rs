@@ -22,6 +22,7 @@ use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use criterion::measurement::WallTime;
@@ -113,8 +114,14 @@ impl Settings {
         if self.proxies.contains(&Proxy::Rsproxyd) {
             cold.push(Proxy::Rsproxyd);
         }
-        if self.proxies.contains(&Proxy::Ssp) || self.proxies.contains(&Proxy::SspGuard) {
-            cold.push(Proxy::SspGuard);
+        let ssp = self.proxies.contains(&Proxy::Ssp) || self.proxies.contains(&Proxy::SspGuard);
+        if ssp {
+            // the guard polls `ss -tln`; without iproute2 it would only ever time out
+            if Command::new("ss").arg("-V").output().is_ok() {
+                cold.push(Proxy::SspGuard);
+            } else {
+                eprintln!("proxies bench: ss (iproute2) not found, cold_start/ssp+guard skipped");
+            }
         }
         cold
     }
