@@ -108,12 +108,19 @@ PIDS=()      # the backends, ended by pid on exit
 PROXY_PID=   # the proxy running now, if any (reaped as soon as its workload ends)
 
 cleanup() {
-    local pid
+    local pid i
     [[ -n $PROXY_PID ]] && PIDS+=("$PROXY_PID")
+    # SIGTERM first: nginx's master takes its worker down with it only then (a SIGKILLed
+    # master leaves the worker running, still listening)
     for pid in "${PIDS[@]}"; do
-        kill -KILL "$pid" 2>/dev/null || true
+        kill -TERM "$pid" 2>/dev/null || true
     done
     for pid in "${PIDS[@]}"; do
+        for i in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     done
     rm -rf "$WORK"
