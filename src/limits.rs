@@ -11,6 +11,9 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default for `--drain-timeout`: how long relays in flight may run after SIGTERM.
 pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// After the drain timeout, how long the relays still open get to reset their sockets.
+pub const RESET_GRACE: Duration = Duration::from_secs(1);
+
 /// Probe delay while the backend has been cold for less than [`PROBE_FAST_FOR`].
 pub const PROBE_FAST_DELAY: Duration = Duration::from_millis(1);
 

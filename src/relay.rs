@@ -34,13 +34,16 @@ pub async fn relay(client: &AsyncFd<OwnedFd>, backend: &AsyncFd<OwnedFd>) -> io:
             to_client,
         }),
         Err(e) => {
-            for side in [client, backend] {
-                let _ = socket2::SockRef::from(side.get_ref())
-                    .set_linger(Some(std::time::Duration::ZERO));
-            }
+            reset(client);
+            reset(backend);
             Err(e)
         }
     }
+}
+
+/// Makes closing `fd` send a reset instead of a FIN, so the peer sees the failure.
+pub fn reset(fd: &AsyncFd<OwnedFd>) {
+    let _ = socket2::SockRef::from(fd.get_ref()).set_linger(Some(std::time::Duration::ZERO));
 }
 
 /// What one read did.

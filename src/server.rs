@@ -15,7 +15,7 @@ use tracing::Instrument;
 use crate::activation::Activated;
 use crate::backend::{is_fd_exhaustion, Backend, ConnectError, Health};
 use crate::cli::Config;
-use crate::limits::{fd_backoff, STATUS_INTERVAL};
+use crate::limits::{fd_backoff, RESET_GRACE, STATUS_INTERVAL};
 use crate::notify::Notifier;
 
 /// Why the daemon stopped.
@@ -86,6 +86,9 @@ struct Shared {
     served: AtomicU64,
     stop: Stop,
     relays: TaskTracker,
+    /// Cancelled when the drain timeout passes: relays still open are reset, so no client
+    /// mistakes a cut transfer for a complete one.
+    cut: CancellationToken,
 }
 
 /// Counts one unit of activity for the idle timer while it lives.
@@ -121,6 +124,7 @@ pub async fn run(
         served: AtomicU64::new(0),
         stop: stop.clone(),
         relays: TaskTracker::new(),
+        cut: CancellationToken::new(),
     });
     let (listening, connected): (Vec<_>, Vec<_>) = sockets.into_iter().partition(|s| s.listening);
     let mut listeners = Vec::new();
@@ -176,9 +180,11 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!(
-            "drain timeout ({grace:?}) passed with {} connection(s) still open: closing them",
+            "drain timeout ({grace:?}) passed with {} connection(s) still open: resetting them",
             shared.relays.len()
         );
+        shared.cut.cancel();
+        let _ = tokio::time::timeout(RESET_GRACE, shared.relays.wait()).await;
     }
     Ok(outcome)
 }
@@ -236,8 +242,13 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, numbe
                     Ok(b) => b,
                     Err(ConnectError::TimedOut { last, waited }) => {
                         let closed = close_queued(&listener);
+                        let then = if shared.config.follow_backend {
+                            "; exiting (--follow-backend) so the next client starts the backend again"
+                        } else {
+                            ""
+                        };
                         tracing::warn!(
-                            "Failed to connect to remote host {}: {last} (waited {:.1}s); closed {closed} waiting client(s)",
+                            "Failed to connect to remote host {}: {last} (waited {:.1}s); closed {closed} waiting client(s){then}",
                             shared.backend.target(),
                             waited.as_secs_f64()
                         );
@@ -345,6 +356,7 @@ fn spawn_relay(
 ) {
     shared.served.fetch_add(1, Ordering::Relaxed);
     let target = shared.backend.target().to_string();
+    let cut = shared.cut.clone();
     shared.relays.spawn(async move {
         let _hold = (permit, busy);
         let client = match crate::relay::register(client) {
@@ -364,7 +376,15 @@ fn spawn_relay(
         let span = tracing::debug_span!("conn", client = %peer, backend = %target);
         async {
             tracing::debug!("open");
-            match crate::relay::relay(&client, &backend).await {
+            let relayed = tokio::select! {
+                r = crate::relay::relay(&client, &backend) => r,
+                _ = cut.cancelled() => {
+                    crate::relay::reset(&client);
+                    crate::relay::reset(&backend);
+                    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "cut at the drain timeout"))
+                }
+            };
+            match relayed {
                 Ok(m) => {
                     tracing::debug!(to_backend = m.to_backend, to_client = m.to_client, "closed")
                 }
