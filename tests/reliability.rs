@@ -911,24 +911,54 @@ fn sigterm_drain_is_bounded() {
     );
 }
 
-/// A transfer cut by --drain-timeout ends with a reset, so the client cannot take the cut
-/// for a complete transfer (a clean EOF would look like the end of the data).
-// Fails until rsproxyd resets the relays it cuts at the drain timeout (reported with issue 6:
-// today the process exits and the kernel sends a FIN).
-#[test]
-fn drain_timeout_cut_is_a_reset_not_a_clean_eof() {
+/// An endless slow download behind rsproxyd with `args`; returns it and a client that has
+/// read its first byte.
+fn slow_download(args: &[&str], env: &[(&str, &str)]) -> (Proxy, TcpStream) {
     let backend = serve(TcpListener::bind("127.0.0.1:0").unwrap(), |mut s| {
         let chunk = pattern(16 * 1024, 3);
-        // An endless slow download.
         while s.write_all(&chunk).is_ok() {
             std::thread::sleep(Duration::from_millis(10)); // the backend's pace
         }
     });
-    let (mut proxy, addr) = spawn_proxy(&backend.addr.to_string(), &["--drain-timeout=300ms"], &[]);
+    let (proxy, addr) = spawn_proxy(&backend.addr.to_string(), args, env);
     let mut c = TcpStream::connect(addr).unwrap();
     c.set_read_timeout(Some(DEADLINE)).unwrap();
     let mut first = [0u8; 1];
     c.read_exact(&mut first).unwrap();
+    (proxy, c)
+}
+
+/// A second SIGTERM cuts transfers at once, with a reset (not a FIN that would make the cut
+/// look like the end of the data), and exits non-zero.
+// Fails until the second signal resets open relays before exiting (reported with issue 6:
+// today std::process::exit(1) leaves the kernel to close them with a FIN).
+#[test]
+fn second_signal_cut_is_a_reset_not_a_clean_eof() {
+    let (mut proxy, mut c) = slow_download(&[], &[("RUST_LOG", "debug")]);
+    proxy.signal(libc::SIGTERM);
+    // Two signals sent before the handler ran would be merged into one by the kernel.
+    proxy.wait_stderr("signal received");
+    proxy.signal(libc::SIGTERM);
+    let mut got = Vec::new();
+    let end = c.read_to_end(&mut got);
+    let status = proxy.wait_exit(DEADLINE).expect("no exit");
+    println!(
+        "second signal: the client read {} more bytes, then {end:?}; rsproxyd {status}",
+        got.len()
+    );
+    assert!(!status.success());
+    assert!(
+        matches!(&end, Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset),
+        "a transfer cut by the second signal ended with {end:?}: indistinguishable from a \
+         complete one"
+    );
+}
+
+/// A transfer cut by --drain-timeout ends with a reset, so the client cannot take the cut
+/// for a complete transfer (a clean EOF would look like the end of the data).
+#[test]
+fn drain_timeout_cut_is_a_reset_not_a_clean_eof() {
+    let (mut proxy, mut c) = slow_download(&["--drain-timeout=300ms"], &[]);
     proxy.signal(libc::SIGTERM);
     let mut got = Vec::new();
     let end = c.read_to_end(&mut got);
