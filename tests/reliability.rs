@@ -204,7 +204,7 @@ fn thousand_idle_connections_held_then_released() {
     let have = raise_own_fd_limit();
     let n: usize = env_or(
         "RSPROXYD_IDLE_CONNECTIONS",
-        if long_run() { 10_000 } else { 1_000 },
+        if long_run() { 8_000 } else { 1_000 },
     );
     assert!(
         have as usize > 2 * n + 100,
