@@ -5,7 +5,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::limits::{DEFAULT_CONNECTIONS_MAX, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT};
+use crate::limits::{
+    DEFAULT_CONNECTIONS_MAX, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_THREADS,
+    MAX_THREADS,
+};
 use crate::target::Target;
 
 /// Bidirectionally proxy local sockets passed by systemd to another socket, waiting for a
@@ -44,6 +47,10 @@ pub struct Args {
     #[arg(long = "follow-backend")]
     follow_backend: bool,
 
+    /// Event-loop threads (1: a single thread, the most efficient per connection)
+    #[arg(long = "threads", value_name = "N")]
+    threads: Option<String>,
+
     /// Where to relay connections to
     #[arg(value_name = "TARGET", num_args = 0..)]
     targets: Vec<String>,
@@ -60,6 +67,8 @@ pub struct Config {
     pub connect_timeout: Option<Duration>,
     pub drain_timeout: Duration,
     pub follow_backend: bool,
+    /// Event-loop threads.
+    pub threads: usize,
 }
 
 /// A command line that cannot be run. The texts keep systemd-socket-proxyd's where users
@@ -80,6 +89,8 @@ pub enum CliError {
         value: String,
         why: String,
     },
+    #[error("Failed to parse --threads= argument: {0} (expected a whole number from 1 to {max})", max = MAX_THREADS)]
+    Threads(String),
     #[error("Failed to parse TARGET: {0}")]
     Target(#[from] crate::target::TargetError),
 }
@@ -134,6 +145,13 @@ impl Args {
             Some(DEFAULT_DRAIN_TIMEOUT),
         )?
         .unwrap_or(Duration::MAX);
+        let threads = match self.threads {
+            None => DEFAULT_THREADS,
+            Some(v) => match v.trim().parse::<usize>() {
+                Ok(n) if (1..=MAX_THREADS).contains(&n) => n,
+                _ => return Err(CliError::Threads(v)),
+            },
+        };
         let target = match self.targets.as_slice() {
             [] => return Err(CliError::NotEnoughParameters),
             [one] => one.parse()?,
@@ -146,6 +164,7 @@ impl Args {
             connect_timeout,
             drain_timeout,
             follow_backend: self.follow_backend,
+            threads,
         })
     }
 }
@@ -288,6 +307,8 @@ mod tests {
         assert!(c.follow_backend);
         let c = run(&["--connect-timeout=infinity", "@x"]).unwrap();
         assert_eq!(c.connect_timeout, None);
+        assert_eq!(c.threads, DEFAULT_THREADS);
+        assert_eq!(run(&["--threads=4", "@x"]).unwrap().threads, 4);
     }
 
     /// Bad command lines are refused with a message naming the flag or value.

@@ -34,11 +34,14 @@ fn main() -> ExitCode {
         Notifier::disabled()
     });
     raise_fd_limit();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("rsproxyd")
-        .build()
-    {
+    let mut builder = if config.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(config.threads);
+        b
+    };
+    let runtime = match builder.enable_all().thread_name("rsproxyd").build() {
         Ok(r) => r,
         Err(e) => {
             tracing::error!("cannot start the event loop: {e}");
