@@ -84,66 +84,12 @@ report() {
     echo "$PASSED passed, $FAILED failed"
 }
 
-# --- Time ---------------------------------------------------------------------------------
-now_ns() { date +%s%N; }
-# ms A B: milliseconds from ns timestamp A to B, one decimal.
-ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) / 1e6 }'; }
-# wait_until SECONDS CMD...: poll CMD every 20 ms until it succeeds; 1 if the deadline passes.
-wait_until() {
-    local deadline=$(($(now_ns) + $1 * 1000000000))
-    shift
-    until "$@"; do
-        (($(now_ns) > deadline)) && return 1
-        sleep 0.02
-    done
-}
+# --- The box (tests/e2e/box.sh) ------------------------------------------------------------
+# shellcheck source=tests/e2e/box.sh
+. "$HERE/box.sh"
+BOX_BOOT_TIMEOUT_S=$BOOT_TIMEOUT_S
+box_setup rsproxyd-e2e
 
-# --- The box ------------------------------------------------------------------------------
-WORK=$(mktemp -d /tmp/rsproxyd-e2e.XXXXXX) || die "mktemp failed"
-TMPFS=$WORK/tmpfs
-ROOT=$WORK/root
-NSPAWN_PID=
-PID1=
-MOUNTED_TMPFS=
-MOUNTED_ROOT=
-
-teardown() {
-    local rc=$? job
-    trap - EXIT INT TERM
-    # Background clients this script started (an interrupted check), then the box.
-    for job in $(jobs -p); do
-        [[ $job == "$NSPAWN_PID" ]] || kill "$job" 2>/dev/null
-    done
-    if [[ -n $NSPAWN_PID ]] && kill -0 "$NSPAWN_PID" 2>/dev/null; then
-        # SIGTERM makes nspawn power the box off cleanly; wait for that, with a deadline.
-        kill -TERM "$NSPAWN_PID" 2>/dev/null
-        if ! wait_until 30 eval '! kill -0 '"$NSPAWN_PID"' 2>/dev/null'; then
-            echo "e2e: nspawn $NSPAWN_PID did not stop in 30 s, killing it" >&2
-            kill -KILL "$NSPAWN_PID" 2>/dev/null
-            [[ -n $PID1 ]] && kill -KILL "$PID1" 2>/dev/null
-        fi
-        wait "$NSPAWN_PID" 2>/dev/null
-    fi
-    if [[ -n $MOUNTED_ROOT ]]; then
-        umount "$ROOT" 2>/dev/null || umount -l "$ROOT" || echo "e2e: could not unmount $ROOT" >&2
-    fi
-    if [[ -n $MOUNTED_TMPFS ]]; then
-        umount "$TMPFS" 2>/dev/null || umount -l "$TMPFS" || echo "e2e: could not unmount $TMPFS" >&2
-    fi
-    if [[ ${E2E_KEEP:-} == 1 ]]; then
-        echo "# kept: $WORK" >&2
-    else
-        rm -rf "$WORK"
-    fi
-    exit "$rc"
-}
-trap teardown EXIT
-trap 'echo "e2e: interrupted" >&2; exit 130' INT TERM
-
-# box CMD...: run CMD inside the box (all of its namespaces). net CMD...: run the host's CMD
-# in the box's network namespace only (curl from "outside", reaching the box's loopback).
-box() { nsenter -t "$PID1" -a "$@"; }
-net() { nsenter -t "$PID1" -n "$@"; }
 state() { box systemctl is-active "$1" 2>/dev/null; }
 prop() { box systemctl show -p "$2" --value "$1"; }
 is_state() { [[ $(state "$1") == "$2" ]]; }
@@ -155,25 +101,6 @@ dump() {
         box journalctl -u "$u" -o short-monotonic --no-pager -n 15 2>/dev/null | sed 's/^/#   /' >&2
     done
 }
-
-mkdir -p "$TMPFS" "$ROOT"
-mount -t tmpfs -o mode=0755 tmpfs "$TMPFS" || die "cannot mount a tmpfs on $TMPFS"
-MOUNTED_TMPFS=1
-mkdir "$TMPFS/upper" "$TMPFS/work"
-mount -t overlay overlay -o "lowerdir=/,upperdir=$TMPFS/upper,workdir=$TMPFS/work" "$ROOT" ||
-    die "cannot mount an overlay of / on $ROOT"
-MOUNTED_ROOT=1
-
-# Keep the boot small: mask every service and timer this machine enables, and the consoles.
-SYSTEMD_ETC=$ROOT/etc/systemd/system
-for link in "$SYSTEMD_ETC"/*.wants/*; do
-    name=${link##*/}
-    case $name in *.service | *.timer) ln -sfn /dev/null "$SYSTEMD_ETC/$name" ;; esac
-done
-for name in console-getty.service getty@tty1.service container-getty@0.service \
-    systemd-timesyncd.service systemd-networkd.service systemd-resolved.service; do
-    ln -sfn /dev/null "$SYSTEMD_ETC/$name"
-done
 
 # The proxy under test, at the path the units use, and the stand-in backend at the path
 # example-backend.service uses. Only the overlay's upper layer (tmpfs) is written.
@@ -242,40 +169,8 @@ chmod 0644 "$ROOT$BIG"
 BIG_SHA=$(sha256sum <"$ROOT$BIG" | cut -d' ' -f1)
 
 # --- Boot ---------------------------------------------------------------------------------
-UUID=$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')
-BOOT_START=$(now_ns)
-# A unified (v2) cgroup hierarchy in the box, as on a stock Debian 12, even when this
-# machine mounts the v1 controllers; and bpf(2) let through nspawn's seccomp filter. Both
-# are needed for systemd to enforce the units' IPAddressDeny= (checked below).
-SYSTEMD_NSPAWN_UNIFIED_HIERARCHY=1 setsid systemd-nspawn -q -D "$ROOT" \
-    --machine="rsproxyd-e2e-$$" --keep-unit --register=no --link-journal=no --uuid="$UUID" \
-    --private-network --system-call-filter=bpf -b \
-    </dev/null >"$WORK/console.log" 2>&1 &
-NSPAWN_PID=$!
-
-find_pid1() {
-    kill -0 "$NSPAWN_PID" 2>/dev/null || return 2
-    PID1=$(pgrep -P "$NSPAWN_PID" -x systemd | head -n1)
-    [[ -n $PID1 ]]
-}
-booted() {
-    kill -0 "$NSPAWN_PID" 2>/dev/null || return 2
-    local s
-    s=$(box systemctl is-system-running 2>/dev/null)
-    [[ $s == running || $s == degraded ]]
-}
-boot_failed() {
-    echo "e2e: $1; console output:" >&2
-    sed 's/^/#   /' "$WORK/console.log" >&2
-    die "$1"
-}
-wait_until "$BOOT_TIMEOUT_S" find_pid1 || boot_failed "no systemd process under nspawn $NSPAWN_PID"
-wait_until "$BOOT_TIMEOUT_S" booted || boot_failed "the box did not reach running/degraded"
-echo "# box up: systemd PID $PID1 (host view), nspawn PID $NSPAWN_PID," \
-    "booted in $(ms "$BOOT_START" "$(now_ns)") ms; proxy: $PROXY_KIND" >&2
-if [[ $(box systemctl is-system-running) == degraded ]]; then
-    echo "# (degraded: $(box systemctl --failed --no-legend --plain | awk '{print $1}' | xargs))" >&2
-fi
+box_boot
+echo "# proxy: $PROXY_KIND" >&2
 net ip addr add "$OTHER_ADDR/32" dev lo || die "cannot add $OTHER_ADDR to the box's loopback"
 
 # Does systemd enforce IPAddressDeny= in this box? A unit allowed only localhost connects to
