@@ -314,6 +314,12 @@ const RECORDED: &[(&str, Option<u64>)] = &[
     ("020000000000000", None),
     ("5\u{a0}s", None),
     ("0.00000009min", Some(0)),
+    ("\u{b}0", Some(0)),
+    ("\u{b}", None),
+    ("\u{b}.0", None),
+    ("0\u{b}", None),
+    ("\u{c}5", Some(5_000_000)),
+    ("5 \u{b}s", None),
     ("5\u{ff53}", None),
 ];
 
