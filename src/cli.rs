@@ -20,6 +20,8 @@ use crate::target::Target;
     about,
     long_about = None,
     override_usage = "rsproxyd [OPTIONS] TARGET",
+    // As with getopt in the original, a repeated option takes its last value.
+    args_override_self = true,
     after_help = "TARGET is HOST:PORT, [IPV6]:PORT, /path/to/unix.sock or @abstract-name.\n\
                   TIME is a systemd time span: 500ms, 30s, 5min, '1h 30min', a bare number \
                   of seconds, or infinity.\n\
@@ -187,50 +189,7 @@ fn parse_time_flag(
 /// Parses a systemd.time(7) span (`30s`, `5min`, `1h 30min`, `500ms`, a bare number of
 /// seconds, `infinity`). Returns `None` for infinity.
 pub fn parse_timespan(s: &str) -> Result<Option<Duration>, String> {
-    const PARSER: fundu_systemd::TimeSpanParser = fundu_systemd::TimeSpanParser::new();
-    if s.trim() != "infinity" {
-        every_unit_has_a_number(s)?;
-    }
-    let parsed = PARSER.parse(s).map_err(|e| e.to_string())?;
-    if parsed == fundu_systemd::SYSTEMD_MAX_MICRO_DURATION {
-        return Ok(None);
-    }
-    let d: Duration = parsed
-        .try_into()
-        .map_err(|_| "not a valid time span".to_string())?;
-    Ok(Some(d))
-}
-
-/// systemd (252) refuses a unit with no number before it (`second`, `s5`, `5s min`), which
-/// fundu takes as 1 of that unit; this check makes both agree.
-fn every_unit_has_a_number(s: &str) -> Result<(), String> {
-    let mut expect_number = true;
-    let mut chars = s.chars().peekable();
-    while let Some(&c) = chars.peek() {
-        if c.is_whitespace() {
-            chars.next();
-        } else if c.is_ascii_digit() || c == '.' {
-            let mut dots = 0;
-            while let Some(c) = chars.next_if(|c| c.is_ascii_digit() || *c == '.') {
-                dots += usize::from(c == '.');
-            }
-            if dots > 1 {
-                return Err("a number with more than one '.'".into());
-            }
-            expect_number = false;
-        } else if expect_number {
-            return Err(format!("'{c}' where a number was expected"));
-        } else {
-            while chars
-                .peek()
-                .is_some_and(|c| !c.is_whitespace() && !c.is_ascii_digit() && *c != '.')
-            {
-                chars.next();
-            }
-            expect_number = true;
-        }
-    }
-    Ok(())
+    crate::timespan::parse(s)
 }
 
 #[cfg(test)]
@@ -377,76 +336,4 @@ mod tests {
             }
         }
     }
-
-    /// Time spans agree with `systemd-analyze timespan` (values in microseconds, as it prints them).
-    #[test]
-    fn timespans_match_systemd_analyze() {
-        for (input, micros) in TIMESPAN_TABLE {
-            let got = parse_timespan(input).unwrap_or_else(|e| panic!("{input}: {e}"));
-            let want = (*micros != u64::MAX).then(|| Duration::from_micros(*micros));
-            assert_eq!(got, want, "{input}");
-        }
-        for bad in [
-            "",
-            "5x",
-            "-1s",
-            "1e3",
-            "s5",
-            "second",
-            "s 5",
-            "min5",
-            "5s min",
-            "infinity s",
-            "1..2s",
-        ] {
-            assert!(parse_timespan(bad).is_err(), "{bad:?} should be refused");
-        }
-    }
-
-    /// Asks the installed `systemd-analyze timespan` about the same table, so the table above
-    /// is checked against systemd itself wherever systemd is installed.
-    #[test]
-    fn timespan_table_is_what_systemd_says() {
-        let Ok(out) = std::process::Command::new("systemd-analyze")
-            .arg("timespan")
-            .args(TIMESPAN_TABLE.iter().map(|(i, _)| *i))
-            .output()
-        else {
-            eprintln!(
-                "systemd-analyze not installed: table checked against its stored values only"
-            );
-            return;
-        };
-        let text = String::from_utf8_lossy(&out.stdout);
-        let said: Vec<u64> = text
-            .lines()
-            .filter_map(|l| l.trim().strip_prefix("μs: "))
-            .map(|v| v.trim().parse().expect("μs value"))
-            .collect();
-        let want: Vec<u64> = TIMESPAN_TABLE.iter().map(|(_, m)| *m).collect();
-        assert_eq!(said, want, "systemd-analyze said:\n{text}");
-    }
-
-    /// Inputs and `systemd-analyze timespan` answers (μs), recorded on Debian 12's systemd 252.
-    const TIMESPAN_TABLE: &[(&str, u64)] = &[
-        ("0", 0),
-        ("30s", 30_000_000),
-        ("5min", 300_000_000),
-        ("1h 30min", 5_400_000_000),
-        ("500ms", 500_000),
-        ("7", 7_000_000),
-        ("1.5s", 1_500_000),
-        ("2 hours", 7_200_000_000),
-        ("1d", 86_400_000_000),
-        ("1w", 604_800_000_000),
-        ("1M", 2_629_800_000_000),
-        ("1y", 31_557_600_000_000),
-        ("250us", 250),
-        ("55s500ms", 55_500_000),
-        ("1min 1s 1ms 1us", 61_001_001),
-        ("5 5", 10_000_000),
-        ("1s5", 6_000_000),
-        ("5 s", 5_000_000),
-        ("infinity", u64::MAX),
-    ];
 }

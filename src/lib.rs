@@ -2,7 +2,8 @@
 //!
 //! # Architecture
 //! In data-flow order:
-//! - [`cli`]: the command line, with systemd-socket-proxyd's spellings and error texts.
+//! - [`cli`]: the command line, with systemd-socket-proxyd's spellings and error texts;
+//!   [`timespan`] reads its time spans as systemd does.
 //! - [`activation`]: the listening (or, with `Accept=yes`, connected) sockets from LISTEN_FDS.
 //! - [`notify`]: READY=1, STATUS=, STOPPING=1 and WATCHDOG=1 to systemd.
 //! - [`server`]: accept loops that take a client only once a backend connection is held,
@@ -23,3 +24,4 @@ pub mod relay;
 pub mod server;
 pub mod splice;
 pub mod target;
+pub mod timespan;

@@ -1,6 +1,8 @@
 //! The rsproxyd binary: parse, take the sockets, run the server, map the result to an exit code.
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use rsproxyd::cli::{self, Parsed};
 use rsproxyd::server::{self, Outcome, Stop};
@@ -49,12 +51,15 @@ fn main() -> ExitCode {
         }
     };
     let stop = Stop::new();
+    let forced = Arc::new(AtomicBool::new(false));
     let result = runtime.block_on(async {
-        tokio::spawn(handle_signals(stop.clone()));
+        tokio::spawn(handle_signals(stop.clone(), forced.clone()));
         server::run(config, sockets, notifier, stop).await
     });
     runtime.shutdown_background();
     match result {
+        // A second signal cut the drain short: not a clean stop.
+        Ok(_) if forced.load(Ordering::Relaxed) => ExitCode::FAILURE,
         Ok(outcome) => ExitCode::from(outcome.exit_code()),
         Err(e) => {
             tracing::error!("{e:#}");
@@ -63,8 +68,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// First SIGTERM/SIGINT: stop accepting and drain. Second: exit at once.
-async fn handle_signals(stop: Stop) {
+/// First SIGTERM/SIGINT: stop accepting and drain. Second: reset what is open and exit 1.
+async fn handle_signals(stop: Stop, forced: Arc<AtomicBool>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),
@@ -86,8 +91,9 @@ async fn handle_signals(stop: Stop) {
             tracing::debug!("signal received: no longer accepting, draining connections");
             stop.request(Outcome::Stopped);
         } else {
-            tracing::warn!("second signal: exiting without waiting for open connections");
-            std::process::exit(1);
+            tracing::warn!("second signal: resetting open connections and exiting");
+            forced.store(true, Ordering::Relaxed);
+            stop.cut_now();
         }
     }
 }

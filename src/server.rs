@@ -50,6 +50,9 @@ impl Outcome {
 pub struct Stop {
     token: CancellationToken,
     reason: Arc<OnceLock<Outcome>>,
+    /// Cut the relays still open (drain timeout or a second signal): they are reset, so no
+    /// client mistakes a cut transfer for a complete one.
+    cut: CancellationToken,
 }
 
 impl Stop {
@@ -61,6 +64,12 @@ impl Stop {
     pub fn request(&self, why: Outcome) {
         let _ = self.reason.set(why);
         self.token.cancel();
+    }
+
+    /// Stops at once: relays still open are reset rather than drained.
+    pub fn cut_now(&self) {
+        self.request(Outcome::Stopped);
+        self.cut.cancel();
     }
 
     pub fn is_requested(&self) -> bool {
@@ -86,9 +95,6 @@ struct Shared {
     served: AtomicU64,
     stop: Stop,
     relays: TaskTracker,
-    /// Cancelled when the drain timeout passes: relays still open are reset, so no client
-    /// mistakes a cut transfer for a complete one.
-    cut: CancellationToken,
 }
 
 /// Counts one unit of activity for the idle timer while it lives.
@@ -124,7 +130,6 @@ pub async fn run(
         served: AtomicU64::new(0),
         stop: stop.clone(),
         relays: TaskTracker::new(),
-        cut: CancellationToken::new(),
     });
     let (listening, connected): (Vec<_>, Vec<_>) = sockets.into_iter().partition(|s| s.listening);
     let mut listeners = Vec::new();
@@ -175,15 +180,18 @@ pub async fn run(
     while loops.join_next().await.is_some() {}
     shared.relays.close();
     let grace = shared.config.drain_timeout;
-    if tokio::time::timeout(grace, shared.relays.wait())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            "drain timeout ({grace:?}) passed with {} connection(s) still open: resetting them",
-            shared.relays.len()
-        );
-        shared.cut.cancel();
+    let drained = tokio::select! {
+        r = tokio::time::timeout(grace, shared.relays.wait()) => r.is_ok(),
+        _ = stop.cut.cancelled() => shared.relays.is_empty(),
+    };
+    if !drained {
+        if !stop.cut.is_cancelled() {
+            tracing::warn!(
+                "drain timeout ({grace:?}) passed with {} connection(s) still open: resetting them",
+                shared.relays.len()
+            );
+        }
+        stop.cut.cancel();
         let _ = tokio::time::timeout(RESET_GRACE, shared.relays.wait()).await;
     }
     Ok(outcome)
@@ -356,7 +364,7 @@ fn spawn_relay(
 ) {
     shared.served.fetch_add(1, Ordering::Relaxed);
     let target = shared.backend.target().to_string();
-    let cut = shared.cut.clone();
+    let cut = shared.stop.cut.clone();
     shared.relays.spawn(async move {
         let _hold = (permit, busy);
         let client = match crate::relay::register(client) {
@@ -381,7 +389,7 @@ fn spawn_relay(
                 _ = cut.cancelled() => {
                     crate::relay::reset(&client);
                     crate::relay::reset(&backend);
-                    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "cut at the drain timeout"))
+                    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "cut short by the stop"))
                 }
             };
             match relayed {
