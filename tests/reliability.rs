@@ -945,8 +945,6 @@ fn slow_download(args: &[&str], env: &[(&str, &str)]) -> (Proxy, TcpStream) {
 
 /// A second SIGTERM cuts transfers at once, with a reset (not a FIN that would make the cut
 /// look like the end of the data), and exits non-zero.
-// Fails until the second signal resets open relays before exiting (reported with issue 6:
-// today std::process::exit(1) leaves the kernel to close them with a FIN).
 #[test]
 fn second_signal_cut_is_a_reset_not_a_clean_eof() {
     let (mut proxy, mut c) = slow_download(&[], &[("RUST_LOG", "debug")]);
@@ -1401,7 +1399,6 @@ fn bad_input_table() {
 
 /// A repeated option takes its last value, as in systemd-socket-proxyd (getopt), so a unit
 /// that starts the original starts rsproxyd too.
-// Fails until rsproxyd lets options repeat (reported with issue 6).
 #[test]
 fn repeated_options_take_the_last_value() {
     let backend = echo_backend();
