@@ -29,7 +29,12 @@ use crate::target::Target;
 )]
 pub struct Args {
     /// Allow at most N relayed connections at once; others wait in the socket's queue
-    #[arg(short = 'c', long = "connections-max", value_name = "N")]
+    #[arg(
+        short = 'c',
+        long = "connections-max",
+        value_name = "N",
+        allow_hyphen_values = true
+    )]
     connections_max: Option<String>,
 
     /// Exit after TIME without connections, counted from start-up too
@@ -281,7 +286,7 @@ mod tests {
                 vec!["-c", "0", "a:1"],
                 "Failed to parse --connections-max= argument: 0",
             ),
-            (vec!["-c", "-3", "a:1"], "-3"),
+            (vec!["-c", "-3", "a:1"], "Failed to parse --connections-max= argument: -3"),
             (
                 vec!["-cfoo", "a:1"],
                 "Failed to parse --connections-max= argument: foo",
