@@ -286,7 +286,10 @@ mod tests {
                 vec!["-c", "0", "a:1"],
                 "Failed to parse --connections-max= argument: 0",
             ),
-            (vec!["-c", "-3", "a:1"], "Failed to parse --connections-max= argument: -3"),
+            (
+                vec!["-c", "-3", "a:1"],
+                "Failed to parse --connections-max= argument: -3",
+            ),
             (
                 vec!["-cfoo", "a:1"],
                 "Failed to parse --connections-max= argument: foo",
