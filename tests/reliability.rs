@@ -1189,7 +1189,10 @@ fn bad_input_table() {
         cli(s(&["-c", "5", "a:1", "b:2", "c:3"]), "Too many parameters"),
         tgt(s(&["--", "-c"]), "'-c' has no port"),
         // Option values
-        cli(s(&["-c", "-5", "a:1"]), "unexpected argument '-5'"),
+        cli(
+            s(&["-c", "-5", "a:1"]),
+            "Failed to parse --connections-max= argument: -5",
+        ),
         cli(
             s(&["--connections-max=", "a:1"]),
             "--connections-max= argument:  (",
