@@ -8,7 +8,8 @@
 #   E2E_KEEP=1     keep the work directory (the box's journal.txt, console.log) and print
 #                  its path
 #
-# Needs root and: systemd-container (systemd-nspawn), curl, iproute2 (ss, ip), python3.
+# Needs root and: systemd-container (systemd-nspawn), curl, iproute2 (ss, ip), python3,
+# man-db, and cargo (to generate the manual page the units name).
 # Exit status: 0 all passed, 1 a check failed, 2 the suite could not run, 77 skipped
 # (not root). Output: one "ok N - ..." / "not ok N - ..." line per check, then
 # "N passed, M failed" alone on the last line.
@@ -111,6 +112,12 @@ else
     install -m 0755 "$SSP" "$ROOT/usr/bin/rsproxyd"
 fi
 install -D -m 0755 "$HERE/backend.py" "$ROOT/usr/local/bin/example-backend"
+# The manual page, where the .deb puts it: the units' Documentation=man:rsproxyd(8) must
+# resolve for `systemd-analyze verify` (check 10). Generated from the clap definition.
+cargo run --locked --quiet --manifest-path "$REPO/Cargo.toml" --example mangen -- "$WORK/man" \
+    >/dev/null 2>"$WORK/mangen.err" || die "cannot generate the manual page: $(cat "$WORK/mangen.err")"
+mkdir -p "$ROOT/usr/share/man/man8"
+gzip -9n <"$WORK/man/rsproxyd.8" >"$ROOT/usr/share/man/man8/rsproxyd.8.gz"
 
 # The shipped units, as they are.
 for unit in example.socket example.service example-backend.service \
