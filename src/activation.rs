@@ -5,6 +5,8 @@ use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use socket2::{Domain, SockRef, Type};
 
+use crate::number::{parse_c_number, parse_c_unsigned, CNumber};
+
 /// The first fd systemd passes (SD_LISTEN_FDS_START).
 pub const LISTEN_FDS_START: RawFd = 3;
 
@@ -59,18 +61,15 @@ pub fn parse_listen_env(
     our_pid: u32,
 ) -> Result<usize, ActivationError> {
     let fds = listen_fds.ok_or(ActivationError::NoListenFds)?;
-    let count: usize = fds
-        .trim()
-        .parse()
-        .ok()
-        .filter(|n| *n <= (i32::MAX - LISTEN_FDS_START) as usize)
-        .ok_or_else(|| ActivationError::BadListenFds(fds.into()))?;
+    // Numbers are read as sd_listen_fds() reads them (strtol/strtoul with base 0).
+    let count = match parse_c_number(fds) {
+        Some(CNumber::NonNegative(n)) if n <= (i32::MAX - LISTEN_FDS_START) as u64 => n as usize,
+        _ => return Err(ActivationError::BadListenFds(fds.into())),
+    };
     let pid = listen_pid.ok_or(ActivationError::NoListenPid)?;
-    let theirs: u32 = pid
-        .trim()
-        .parse()
-        .ok()
+    let theirs = parse_c_unsigned(pid, i32::MAX as u64)
         .filter(|p| *p > 0)
+        .map(|p| p as u32)
         .ok_or_else(|| ActivationError::BadListenPid(pid.into()))?;
     if theirs != our_pid {
         return Err(ActivationError::WrongPid {
@@ -167,7 +166,14 @@ mod tests {
         let table: Vec<Row> = vec![
             (Some("4242"), Some("1"), Ok(1)),
             (Some("4242"), Some("3"), Ok(3)),
-            (Some(" 4242"), Some("2 "), Ok(2)),
+            // Any base, as sd_listen_fds() reads them (strtol with base 0); nothing after.
+            (Some(" 4242"), Some(" 2"), Ok(2)),
+            (Some("0x1092"), Some("0x2"), Ok(2)),
+            (Some("4242"), Some("010"), Ok(8)),
+            (Some("4242"), Some("08"), Err(BadListenFds("08".into()))),
+            (Some("4242"), Some("2 "), Err(BadListenFds("2 ".into()))),
+            (Some("4242 "), Some("1"), Err(BadListenPid("4242 ".into()))),
+            (Some("-4242"), Some("1"), Err(BadListenPid("-4242".into()))),
             (None, None, Err(NoListenFds)),
             (Some("4242"), None, Err(NoListenFds)),
             (Some("4242"), Some("0"), Err(ZeroListenFds)),

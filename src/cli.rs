@@ -9,6 +9,7 @@ use crate::limits::{
     DEFAULT_CONNECTIONS_MAX, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_THREADS,
     MAX_THREADS,
 };
+use crate::number::parse_c_unsigned;
 use crate::target::Target;
 
 /// Bidirectionally proxy local sockets passed by systemd to another socket, waiting for a
@@ -135,8 +136,9 @@ impl Args {
     fn into_config(self) -> Result<Config, CliError> {
         let connections_max = match self.connections_max {
             None => DEFAULT_CONNECTIONS_MAX,
-            Some(v) => match v.trim().parse::<usize>() {
-                Ok(n) if n >= 1 => n,
+            // As the original reads it (safe_atou: 0x10 is 16, 010 is 8), into an unsigned int.
+            Some(v) => match parse_c_unsigned(&v, u32::MAX.into()).map(usize::try_from) {
+                Some(Ok(n)) if n >= 1 => n,
                 _ => return Err(CliError::ConnectionsMax(v)),
             },
         };
@@ -220,6 +222,10 @@ mod tests {
             (vec!["-c10", "127.0.0.1:80"], 10, None),
             (vec!["-c", "10", "127.0.0.1:80"], 10, None),
             (vec!["127.0.0.1:80", "-c", "1"], 1, None),
+            // The original reads -c with safe_atou(): base 0, leading space and + allowed.
+            (vec!["-c", "0x10", "127.0.0.1:80"], 16, None),
+            (vec!["-c", "010", "127.0.0.1:80"], 8, None),
+            (vec!["-c", " +5", "127.0.0.1:80"], 5, None),
             (
                 vec!["--exit-idle-time=5min", "127.0.0.1:80"],
                 256,
@@ -301,6 +307,12 @@ mod tests {
             (
                 vec!["--connections-max=99999999999999999999999", "a:1"],
                 "--connections-max=",
+            ),
+            (vec!["-c", "08", "a:1"], "--connections-max= argument: 08"),
+            (vec!["-c", "5 ", "a:1"], "--connections-max= argument: 5 "),
+            (
+                vec!["-c", "4294967296", "a:1"],
+                "--connections-max= argument: 4294967296",
             ),
             (
                 vec!["--exit-idle-time=5x", "a:1"],

@@ -4,6 +4,7 @@
 //! In data-flow order:
 //! - [`cli`]: the command line, with systemd-socket-proxyd's spellings and error texts;
 //!   [`timespan`] reads its time spans as systemd does.
+//!   [`number`] reads whole numbers as systemd's safe_atou() does.
 //! - [`activation`]: the listening (or, with `Accept=yes`, connected) sockets from LISTEN_FDS.
 //! - [`notify`]: READY=1, STATUS=, STOPPING=1 and WATCHDOG=1 to systemd.
 //! - [`server`]: accept loops that take a client only once a backend connection is held,
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod limits;
 pub mod logging;
 pub mod notify;
+pub mod number;
 pub mod relay;
 pub mod server;
 pub mod splice;
