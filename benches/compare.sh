@@ -13,6 +13,12 @@
 #   SKIP_INSTALL=1    never call apt-get
 #   HAPROXY_SPLICE=auto  HAProxy with `option splice-auto` instead of forced
 #                     splice-request/response (auto never spliced iperf3 here: see harness)
+#   BENCH_WORKLOADS="bulk rr_50conn"  a subset of the workloads below
+# A proxy named rsproxyd:KEY=VALUE[,KEY=VALUE...] is a variant of rsproxyd: threads=N adds
+# --threads=N, any other key K sets RSPROXYD_TUNE_K=VALUE (honoured only by a build with the
+# `tuning` feature: see benches/tuning.sh and src/tuning.rs). Variants get no RSS run.
+# Besides each workload's figure, the proxy's CPU time (utime+stime of its process) per unit
+# of work is recorded: per GB for bulk, per request or connection for the others.
 #
 # Every proxy gets the same listener the same way (benches/harness via loadgen: fd 3,
 # LISTEN_FDS=1, LISTEN_PID) and the same connection limit. Workloads (loopback only):
@@ -36,15 +42,16 @@ else
     ROUNDS=${ROUNDS:-3}
     BULK_SECS=4 RR1_N=20000 RR50_N=200000 HTTP_SECS=4 COLD_N=10 RSS_CONNS=1000
 fi
+PROXIES_SET=${PROXIES:-}
 read -r -a PROXIES <<<"${PROXIES:-direct rsproxyd ssp haproxy}"
-WORKLOADS=(bulk rr_1conn rr_50conn http_ka new_conn cold_start)
+read -r -a WORKLOADS <<<"${BENCH_WORKLOADS:-bulk rr_1conn rr_50conn http_ka new_conn cold_start}"
 OUT=${OUT:-$ROOT/bench-results}
 SSP=/lib/systemd/systemd-socket-proxyd
 LOADGEN=$ROOT/target/bench-tools/loadgen
 
 log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 die() { log "error: $*"; exit 1; }
-has_proxy() { local p; for p in "${PROXIES[@]}"; do [[ $p == "$1" ]] && return 0; done; return 1; }
+has_proxy() { local p; for p in "${PROXIES[@]}"; do [[ $p == "$1" || $p == "$1":* ]] && return 0; done; return 1; }
 
 # --- what we need, installed only if missing -------------------------------------------
 install_missing() {
@@ -81,9 +88,18 @@ if has_proxy rsproxyd; then
     if [[ -n ${RSPROXYD_BIN:-} ]]; then
         RSPROXYD=$RSPROXYD_BIN
     else
-        log "building rsproxyd (release)"
-        cargo build --release --quiet --bin rsproxyd
-        RSPROXYD=$ROOT/target/release/rsproxyd
+        variants=0
+        for p in "${PROXIES[@]}"; do [[ $p == rsproxyd:* ]] && variants=1; done
+        if ((variants)); then
+            # one binary for rsproxyd and its variants, so only the settings differ
+            log "building rsproxyd (release, feature tuning, in target/tuning)"
+            cargo build --release --quiet --features tuning --target-dir "$ROOT/target/tuning" --bin rsproxyd
+            RSPROXYD=$ROOT/target/tuning/release/rsproxyd
+        else
+            log "building rsproxyd (release)"
+            cargo build --release --quiet --bin rsproxyd
+            RSPROXYD=$ROOT/target/release/rsproxyd
+        fi
     fi
     [[ -x $RSPROXYD ]] || die "no rsproxyd binary at $RSPROXYD"
     export RSPROXYD_BIN=$RSPROXYD
@@ -179,6 +195,21 @@ proxy_up() { # NAME BACKEND_PORT
     case $name in
     direct) PROXY_PID= PROXY_PORT=$2; return 0 ;;
     rsproxyd) argv=("$RSPROXYD" -c 4096 "$backend") ;;
+    rsproxyd:*)
+        local kv kvs
+        argv=(env)
+        IFS=, read -r -a kvs <<<"${name#rsproxyd:}"
+        for kv in "${kvs[@]}"; do
+            case $kv in
+            threads=*) ;;
+            ?*=*) argv+=("RSPROXYD_TUNE_$(tr a-z A-Z <<<"${kv%%=*}")=${kv#*=}") ;;
+            *) die "bad variant $name: '$kv' is not KEY=VALUE" ;;
+            esac
+        done
+        argv+=("$RSPROXYD" -c 4096)
+        [[ ,${name#rsproxyd:}, =~ ,threads=([0-9]+), ]] && argv+=("--threads=${BASH_REMATCH[1]}")
+        argv+=("$backend")
+        ;;
     ssp) argv=("$SSP" -c 4096 "$backend") ;;
     haproxy)
         "$LOADGEN" haproxy-config "$backend" >"$WORK/haproxy-$2.cfg"
@@ -206,15 +237,20 @@ proxy_down() {
 
 # --- workloads: each sets VALUE to one number (empty on failure) and logs the tool's output ---
 # (not run in a $(subshell): the proxy's pid must stay known to this shell for cleanup)
-VALUE=
+# CPU_S: the proxy's CPU seconds over the workload; WORK: units of work done (bytes for
+# bulk, requests or connections for the others); both empty when not known.
+VALUE= CPU_S= WORK=
+CLK_TCK=$(getconf CLK_TCK)
 measure() { # WORKLOAD PROXY LOGFILE
     local w=$1 p=$2 logf=$3
-    VALUE=
+    VALUE= CPU_S= WORK=
     case $w in
     bulk)
         proxy_up "$p" "$IPERF_PORT"
         timeout $((BULK_SECS + 20)) iperf3 -c 127.0.0.1 -p "$PROXY_PORT" -t "$BULK_SECS" -O 1 -J >"$logf" 2>&1 || true
         VALUE=$(python3 -c 'import json,sys; print("%.3f" % (json.load(open(sys.argv[1]))["end"]["sum_received"]["bits_per_second"] / 1e9))' "$logf" 2>/dev/null) || true
+        # every interval, the omitted warm-up second too: the proxy's CPU covers it
+        WORK=$(python3 -c 'import json,sys; print(sum(i["sum"]["bytes"] for i in json.load(open(sys.argv[1]))["intervals"]))' "$logf" 2>/dev/null) || true
         ;;
     rr_1conn | rr_50conn)
         local conns=1 n=$RR1_N
@@ -222,6 +258,7 @@ measure() { # WORKLOAD PROXY LOGFILE
         proxy_up "$p" "$REDIS_PORT"
         timeout 120 redis-benchmark -h 127.0.0.1 -p "$PROXY_PORT" -c "$conns" -n "$n" -t get --csv >"$logf" 2>&1 || true
         VALUE=$(awk -F'"' '$2 == "GET" { print $4 }' "$logf")
+        [[ -n $VALUE ]] && WORK=$n
         ;;
     http_ka | new_conn)
         local hdr=()
@@ -229,6 +266,7 @@ measure() { # WORKLOAD PROXY LOGFILE
         proxy_up "$p" "$NGINX_PORT"
         timeout $((HTTP_SECS + 20)) wrk -t1 -c50 -d"${HTTP_SECS}s" "${hdr[@]}" "http://127.0.0.1:$PROXY_PORT/" >"$logf" 2>&1 || true
         VALUE=$(awk '/^Requests\/sec:/ { print $2 }' "$logf")
+        WORK=$(awk '/ requests in / { print $1 }' "$logf")
         grep -E 'Socket errors|Non-2xx' "$logf" | sed "s|^ *|$w/$p round $r: wrk: |" >>"$NOTES" || true
         ;;
     cold_start)
@@ -238,12 +276,16 @@ measure() { # WORKLOAD PROXY LOGFILE
         VALUE=$(sed -n 's/^median_ms=\([0-9.]*\).*/\1/p' "$logf")
         ;;
     esac
+    if [[ -n $PROXY_PID && -r /proc/$PROXY_PID/stat ]]; then
+        # fields 14 and 15: utime and stime of the whole process (all threads), in ticks
+        CPU_S=$(awk -v hz="$CLK_TCK" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$PROXY_PID/stat")
+    fi
     proxy_down
 }
 
 # --- the rounds ---------------------------------------------------------------------------
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-printf 'round\tworkload\tproxy\tvalue\n' >"$RAW"
+printf 'round\tworkload\tproxy\tvalue\tcpu_s\twork\n' >"$RAW"
 n=${#PROXIES[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
     log "round $r of $ROUNDS"
@@ -254,15 +296,15 @@ for ((r = 1; r <= ROUNDS; r++)); do
             measure "$w" "$p" "$OUT/logs/r$r-$w-$p.log"
             v=$VALUE
             [[ -n $v ]] || echo "$w/$p round $r failed: see logs/r$r-$w-$p.log" | tee -a "$NOTES" >&2
-            log "  $w $p ${v:-FAILED}"
-            printf '%s\t%s\t%s\t%s\n' "$r" "$w" "$p" "${v:-nan}" >>"$RAW"
+            log "  $w $p ${v:-FAILED}${CPU_S:+ (proxy CPU ${CPU_S} s)}"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$w" "$p" "${v:-nan}" "${CPU_S:-nan}" "${WORK:-nan}" >>"$RAW"
         done
     done
 done
 
 printf 'proxy\tidle_kib\tloaded_kib\tconns\n' >"$RSS"
 for p in "${PROXIES[@]}"; do
-    [[ $p == direct ]] && continue
+    [[ $p == direct || $p == *:* ]] && continue
     if line=$("$LOADGEN" rss "$RSS_CONNS" "$p" 2>>"$OUT/logs/rss-$p.log"); then
         idle=${line#idle_kib=} idle=${idle%% *}
         loaded=${line#*loaded_kib=}
@@ -296,6 +338,8 @@ done
     [[ $QUICK == 1 ]] && cmd="QUICK=1 $cmd"
     [[ $ROUNDS != 3 ]] && cmd="ROUNDS=$ROUNDS $cmd"
     [[ ${HAPROXY_SPLICE:-} == auto ]] && cmd="HAPROXY_SPLICE=auto $cmd"
+    [[ -n ${BENCH_WORKLOADS:-} ]] && cmd="BENCH_WORKLOADS=\"$BENCH_WORKLOADS\" $cmd"
+    [[ -n ${PROXIES_SET:-} ]] && cmd="PROXIES=\"${PROXIES[*]}\" $cmd"
     printf 'command\t%s\n' "$cmd"
 } >"$OUT/machine.tsv"
 

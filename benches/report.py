@@ -25,6 +25,20 @@ PROXY_ORDER = ["direct", "rsproxyd", "ssp", "haproxy"]
 PEERS = ["direct", "ssp", "haproxy"]
 COLOURS = {"direct": "#9e9e9e", "rsproxyd": "#d95f02", "ssp": "#1b9e77", "haproxy": "#7570b3"}
 LABELS = {"direct": "direct", "rsproxyd": "rsproxyd", "ssp": "systemd-socket-proxyd", "haproxy": "HAProxy"}
+# colours for rsproxyd's variants (rsproxyd:KEY=VALUE), in order of appearance
+VARIANT_COLOURS = ["#e6ab02", "#66a61e", "#e7298a", "#a6761d", "#1f78b4", "#666666"]
+# the proxy's CPU per unit of work: (workload, unit shown, factor from CPU s per work unit)
+CPU_UNITS = {
+    "bulk": ("ms per GB", 1e3 * 1e9),
+    "rr_1conn": ("µs per request", 1e6),
+    "rr_50conn": ("µs per request", 1e6),
+    "http_ka": ("µs per request", 1e6),
+    "new_conn": ("µs per connection", 1e6),
+}
+
+
+def proxy_label(p):
+    return LABELS.get(p, p)
 
 
 def read_tsv(path):
@@ -83,14 +97,26 @@ def main(out):
         qs = [ra[r] / rb[r] for r in ra if r in rb and ra[r] is not None and rb[r]]
         return statistics.median(qs) if qs else None
     proxies = [p for p in PROXY_ORDER if any(k[1] == p for k in rounds)]
+    for row in raw:  # rsproxyd's variants, after the four, in the order they ran
+        if row["proxy"] not in proxies:
+            proxies.append(row["proxy"])
+    for i, p in enumerate(p for p in proxies if p not in COLOURS):
+        COLOURS[p] = VARIANT_COLOURS[i % len(VARIANT_COLOURS)]
+
+    # the proxy's CPU seconds per unit of work, per round (older raw.tsv files have none)
+    cpu_rounds = {}
+    for row in raw:
+        c, n = number(row.get("cpu_s")), number(row.get("work"))
+        if row["workload"] in CPU_UNITS and c is not None and n:
+            cpu_rounds.setdefault((row["workload"], row["proxy"]), []).append(c / n * CPU_UNITS[row["workload"]][1])
     med = {}
     for key, values in rounds.items():
         ok = [v for v in values if v is not None]
         med[key] = statistics.median(ok) if ok else None
 
     lines = []
-    lines.append("| Workload | Unit | " + " | ".join(LABELS[p] for p in proxies)
-                 + "".join(f" | rsproxyd / {LABELS[p]}" for p in PEERS if p in proxies and "rsproxyd" in proxies) + " |")
+    lines.append("| Workload | Unit | " + " | ".join(proxy_label(p) for p in proxies)
+                 + "".join(f" | rsproxyd / {proxy_label(p)}" for p in PEERS if p in proxies and "rsproxyd" in proxies) + " |")
     lines.append("|" + "---|" * (2 + len(proxies) + sum(1 for p in PEERS if p in proxies and "rsproxyd" in proxies)))
     for key, label, unit, higher in WORKLOADS:
         if not any((key, p) in rounds for p in proxies):
@@ -123,6 +149,17 @@ def main(out):
                          f"| {int(row['loaded_kib']) / 1024:.1f} MiB |")
     rss_table = "\n".join(rss_lines) if rss else "(no RSS measured)"
 
+    cpu_proxies = [p for p in proxies if any((k, p) in cpu_rounds for k in CPU_UNITS)]
+    cpu_lines = ["| Workload | Unit | " + " | ".join(proxy_label(p) for p in cpu_proxies) + " |",
+                 "|---|---|" + "---|" * len(cpu_proxies)]
+    for key, wlabel, _, _ in WORKLOADS:
+        if key not in CPU_UNITS or not any((key, p) in cpu_rounds for p in cpu_proxies):
+            continue
+        cells = [fmt(statistics.median(cpu_rounds[(key, p)])) if (key, p) in cpu_rounds else "—"
+                 for p in cpu_proxies]
+        cpu_lines.append(f"| {wlabel} | {CPU_UNITS[key][0]} | " + " | ".join(cells) + " |")
+    cpu_table = "\n".join(cpu_lines) if cpu_proxies else ""
+
     detail = ["| Workload | Proxy | Per round |", "|---|---|---|"]
     for key, label, unit, _ in WORKLOADS:
         for p in proxies:
@@ -138,6 +175,11 @@ def main(out):
               "connection.\n")
     md.append(table + "\n")
     md.append(rss_table + "\n")
+    if cpu_table:
+        md.append("The proxy's own CPU time (user + system, all its threads, from /proc) per unit of work, "
+                  "median over rounds; lower is better. Less sensitive to a busy machine than the rates above, "
+                  "but kernel work done in softirq context may be charged to whichever process was running.\n")
+        md.append(cpu_table + "\n")
     if machine:
         md.append("Machine: " + ", ".join(f"{k} {machine[k]}" for k in ("cpu", "cores", "memory", "kernel", "os")
                                         if k in machine) + ".  ")
@@ -158,6 +200,9 @@ def main(out):
     print(table)
     print()
     print(rss_table)
+    if cpu_table:
+        print()
+        print(cpu_table)
     if notes:
         print()
         print(notes)
@@ -255,7 +300,7 @@ def chart(proxies, med, rss, machine, paired):
                        f'stroke-dasharray="4 3"/>')
         else:
             svg.append(f'<rect x="{lx}" y="{H - 38}" width="22" height="14" fill="{COLOURS[p]}"/>')
-        text = LABELS[p] + (" (= 1.0)" if p == "direct" else "")
+        text = proxy_label(p) + (" (= 1.0)" if p == "direct" else "")
         svg.append(f'<text x="{lx + 28}" y="{H - 27}">{escape(text)}</text>')
         lx += 50 + 8 * len(text)
     svg.append("</svg>\n")

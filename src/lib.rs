@@ -13,7 +13,8 @@
 //! - [`relay`] and [`splice`]: the per-connection pump, read/write for small messages and
 //!   splice(2) for bulk, with half-close passed through.
 //! - [`logging`]: tracing to stderr, with journald priorities.
-//! - [`limits`]: every timeout, schedule and size, in one place.
+//! - [`limits`]: every timeout, schedule and size, in one place; [`tuning`] lets a
+//!   benchmark build (feature `tuning`) vary the relay's.
 
 pub mod activation;
 pub mod backend;
@@ -27,3 +28,4 @@ pub mod server;
 pub mod splice;
 pub mod target;
 pub mod timespan;
+pub mod tuning;

@@ -8,12 +8,12 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use nix::sys::socket::{shutdown, Shutdown};
 use tokio::io::unix::AsyncFd;
 
-use crate::limits::COPY_BUFFER;
 use crate::splice::Pipe;
+use crate::tuning::{copy_buffer, relay_mode, RelayMode};
 
 thread_local! {
     /// The read/write relay's buffer: one per worker thread, so an idle connection holds none.
-    static BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; COPY_BUFFER]);
+    static BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; copy_buffer()]);
 }
 
 /// Bytes moved in each direction of a finished relay.
@@ -62,8 +62,12 @@ enum Step {
 async fn pump(src: &AsyncFd<OwnedFd>, dst: &AsyncFd<OwnedFd>) -> io::Result<u64> {
     let mut total = 0u64;
     let mut spill: Vec<u8> = Vec::new();
-    let mut pipe: Option<Pipe> = None;
-    let mut splice_ok = true;
+    let mode = relay_mode();
+    let mut splice_ok = mode != RelayMode::Copy;
+    let mut pipe: Option<Pipe> = match mode {
+        RelayMode::Splice => Pipe::new().ok(),
+        RelayMode::Adaptive | RelayMode::Copy => None,
+    };
     // A new connection's first read is tried before its readiness is known: the client has
     // usually sent its request already, and this saves a trip through the event loop.
     let mut eager = true;

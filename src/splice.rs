@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, OwnedFd};
 
 use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
 
-use crate::limits::PIPE_SIZE;
+use crate::tuning::pipe_size;
 
 /// A pipe used as the kernel-side buffer of one relay direction.
 #[derive(Debug)]
@@ -17,13 +17,13 @@ pub struct Pipe {
 }
 
 impl Pipe {
-    /// Creates a non-blocking pipe and asks for [`PIPE_SIZE`] bytes of capacity (the kernel
+    /// Creates a non-blocking pipe and asks for [`crate::limits::PIPE_SIZE`] bytes of capacity (the kernel
     /// may refuse past its per-user limit; the default 64 KiB still works).
     pub fn new() -> io::Result<Self> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
         let capacity = match fcntl(
             std::os::fd::AsRawFd::as_raw_fd(&write),
-            FcntlArg::F_SETPIPE_SZ(PIPE_SIZE as libc::c_int),
+            FcntlArg::F_SETPIPE_SZ(pipe_size() as libc::c_int),
         ) {
             Ok(n) => n as usize,
             Err(_) => 64 * 1024,
