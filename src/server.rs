@@ -342,17 +342,54 @@ async fn pause_for_fds(stop: &Stop, trouble: &mut u32, doing: &str, e: &std::io:
 }
 
 /// Accepts and closes every client waiting on `listener`; returns how many.
+/// Closes the clients that waited while the backend timed out. On a TCP listener, only as
+/// many as the accept queue held when this starts: a client that connects while they are
+/// closed has not waited yet, and stays queued for the next probe (or the next activation).
+/// A unix listener cannot tell its queue length, so its queue is emptied.
 fn close_queued(listener: &AsyncFd<OwnedFd>) -> usize {
+    let fd = listener.get_ref().as_raw_fd();
+    close_up_to(fd, accept_queue_len(fd))
+}
+
+/// Accepts and closes up to `limit` queued clients (all of them when `None`).
+fn close_up_to(fd: RawFd, limit: Option<usize>) -> usize {
+    let limit = limit.unwrap_or(usize::MAX);
     let mut closed = 0;
-    while let Ok(raw) = accept4(
-        listener.get_ref().as_raw_fd(),
-        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-    ) {
-        // SAFETY: accept4 just returned this fd; it is closed at once.
-        drop(unsafe { OwnedFd::from_raw_fd(raw) });
-        closed += 1;
+    while closed < limit {
+        match accept4(fd, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC) {
+            Ok(raw) => {
+                // SAFETY: accept4 just returned this fd; it is closed at once.
+                drop(unsafe { OwnedFd::from_raw_fd(raw) });
+                closed += 1;
+            }
+            Err(_) => break,
+        }
     }
     closed
+}
+
+/// How many connections wait in a listening TCP socket's accept queue (TCP_INFO reports it
+/// as `tcpi_unacked` for a listener); `None` for other sockets.
+fn accept_queue_len(fd: RawFd) -> Option<usize> {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is a writable tcp_info of `len` bytes; the kernel writes at most `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return None;
+    }
+    // SAFETY: zero-initialised, then filled (in part) by the kernel: every field is valid.
+    let info = unsafe { info.assume_init() };
+    const TCP_LISTEN: u8 = 10;
+    (info.tcpi_state == TCP_LISTEN).then_some(info.tcpi_unacked as usize)
 }
 
 fn spawn_relay(
@@ -534,5 +571,75 @@ async fn status_updates(shared: Arc<Shared>, notifier: Arc<Notifier>) {
             notifier.send(&format!("STATUS={now}"));
             last = now;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::net::{TcpListener, TcpStream};
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    /// Waits (bounded) until the kernel has queued `n` connections on a TCP listener: a
+    /// loopback handshake usually completes within connect(2), but may finish in softirq
+    /// context a moment later on a busy machine.
+    fn wait_for_queue(fd: RawFd, n: usize) -> Option<usize> {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let len = accept_queue_len(fd);
+            if len == Some(n) || Instant::now() > deadline {
+                return len;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// The clients queued when the timeout fires are closed; one that connects after that
+    /// moment stays queued.
+    #[test]
+    fn closing_waiting_clients_spares_later_ones() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let fd = listener.as_raw_fd();
+        assert_eq!(accept_queue_len(fd), Some(0));
+        let mut waited: Vec<TcpStream> =
+            (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let snapshot = wait_for_queue(fd, 3);
+        assert_eq!(snapshot, Some(3));
+        let _late = TcpStream::connect(addr).unwrap();
+        assert_eq!(wait_for_queue(fd, 4), Some(4));
+        assert_eq!(close_up_to(fd, snapshot), 3);
+        assert_eq!(
+            accept_queue_len(fd),
+            Some(1),
+            "the late client is still queued"
+        );
+        for c in &mut waited {
+            c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut b = [0u8; 1];
+            assert_eq!(c.read(&mut b).unwrap(), 0, "a closed client reads EOF");
+        }
+        assert!(
+            listener.accept().is_ok(),
+            "the late client can still be served"
+        );
+    }
+
+    /// A unix listener has no queue count: every queued client is closed, as before.
+    #[test]
+    fn unix_listener_queue_is_emptied() {
+        let dir = std::env::temp_dir().join(format!("rsproxyd-close-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let listener = UnixListener::bind(&dir).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let fd = listener.as_raw_fd();
+        assert_eq!(accept_queue_len(fd), None);
+        let _clients: Vec<UnixStream> =
+            (0..2).map(|_| UnixStream::connect(&dir).unwrap()).collect();
+        assert_eq!(close_up_to(fd, accept_queue_len(fd)), 2);
+        assert!(listener.accept().is_err(), "nothing left queued");
+        let _ = std::fs::remove_file(&dir);
     }
 }
