@@ -17,8 +17,9 @@ pub struct Pipe {
 }
 
 impl Pipe {
-    /// Creates a non-blocking pipe and asks for [`crate::limits::PIPE_SIZE`] bytes of capacity (the kernel
-    /// may refuse past its per-user limit; the default 64 KiB still works).
+    /// Creates a non-blocking pipe and asks for [`crate::limits::PIPE_SIZE`] bytes of
+    /// capacity (the kernel may refuse past its per-user limit; the default 64 KiB still
+    /// works).
     pub fn new() -> io::Result<Self> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
         let capacity = match fcntl(
