@@ -134,3 +134,61 @@ fn text_log_has_the_records_without_journal_fields() {
         assert!(!log.contains(field), "{field} in the text log:\n{log}");
     }
 }
+
+/// Sends `data` on a new connection through `addr` and reads the echo, leaving the
+/// connection open.
+fn echoed(addr: std::net::SocketAddr, data: &[u8]) -> std::net::TcpStream {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(data).unwrap();
+    let mut got = vec![0u8; data.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(got, data);
+    s
+}
+
+/// The line of `log` that contains `needle`.
+fn line_with<'a>(log: &'a str, needle: &str) -> &'a str {
+    log.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no {needle:?} in {log}"))
+}
+
+/// A connection the drain cuts short is reported as `drain-cut`, with the bytes it had
+/// moved; so is a client's reset (`reset`); the exit summary adds both up.
+#[test]
+fn cut_and_reset_connections_report_their_bytes() {
+    let backend = echo_backend();
+    let (mut proxy, addr) = spawn_proxy(
+        &backend.addr.to_string(),
+        &["--drain-timeout=100ms"],
+        &[("RUST_LOG", "debug")],
+    );
+    let reset = echoed(addr, b"abc");
+    socket2::SockRef::from(&reset)
+        .set_linger(Some(std::time::Duration::ZERO))
+        .unwrap();
+    drop(reset);
+    proxy.wait_stderr("closed (reset)");
+    let _held = echoed(addr, b"hello");
+    proxy.signal(libc::SIGTERM);
+    let status = proxy.wait_exit(DEADLINE).expect("rsproxyd did not exit");
+    assert!(status.success(), "{status:?}");
+    let log = proxy.stderr();
+    let reset = line_with(&log, "closed (reset)");
+    assert!(
+        reset.contains("3 bytes to the backend, 3 to the client"),
+        "{reset}"
+    );
+    let cut = line_with(&log, "closed (drain-cut)");
+    assert!(
+        cut.contains("5 bytes to the backend, 5 to the client"),
+        "{cut}"
+    );
+    let summary = line_with(&log, "exiting (asked to stop)");
+    assert!(
+        summary.contains("2 connection(s) served, 8 bytes to the backend, 8 to clients"),
+        "{summary}"
+    );
+}
