@@ -55,7 +55,8 @@ pub struct ConnectionEnded {
     pub backend: String,
     pub bytes_to_backend: u64,
     pub bytes_to_client: u64,
-    /// From the client being taken (accepted, or passed in) to the end.
+    /// From the start of the relay (the client taken, with its backend connection already
+    /// open) to its end; the wait for a cold backend comes before and is not counted.
     pub duration: Duration,
     pub close: CloseReason,
 }
