@@ -330,8 +330,11 @@ fn sections() -> Roff {
     p.item(
         [bold("JOURNAL_STREAM")],
         [roman(
-            "When it names rsproxyd's standard error, log lines carry <N> priority prefixes \
-             so the journal files them at the right level.",
+            "When it names rsproxyd's standard error, rsproxyd logs through the journal's \
+             native protocol, with fields such as BACKEND=, CLIENT=, BYTES_TO_CLIENT=, \
+             DURATION_USEC= and CLOSE= (see journalctl -o json); if the journal's socket \
+             cannot be reached, log lines carry <N> priority prefixes so the journal files \
+             them at the right level.",
         )],
     );
 

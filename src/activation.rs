@@ -1,6 +1,6 @@
 //! Socket activation: the fds systemd passes in (LISTEN_PID, LISTEN_FDS, LISTEN_FDNAMES).
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use socket2::{Domain, SockRef, Type};
@@ -85,28 +85,53 @@ pub fn parse_listen_env(
 
 /// Takes the passed sockets from the environment and removes the LISTEN_* variables.
 /// Must run before any thread is started (it changes the environment).
+///
+/// libsystemd does the taking: it reads the variables, removes them, sets FD_CLOEXEC on each
+/// passed fd and hands them over in order. What it does not do is done here, on top:
+/// - the numbers are read first as sd_listen_fds(3) reads them ([`parse_listen_env`]): the
+///   crate reads them with `str::parse`, so it refuses `0x2` and ` 2`, reads `010` as ten
+///   fds rather than eight, and returns no sockets (not an error) when LISTEN_PID is missing
+///   or names another process. The crate is then given the numbers it reads the same way;
+/// - an fd that is not open is named ([`ActivationError::NotOpen`]), in fd order with the
+///   other per-fd errors; the crate stops at it with an error that names no variable;
+/// - each fd is checked to be a stream socket, and told listening (`Accept=no`) from
+///   connected (`Accept=yes`) by [`classify`].
 pub fn take_from_env() -> Result<Vec<Activated>, ActivationError> {
     let pid = std::env::var("LISTEN_PID").ok();
     let fds = std::env::var("LISTEN_FDS").ok();
-    for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
-        std::env::remove_var(var);
+    let ours = std::process::id();
+    let checked = parse_listen_env(pid.as_deref(), fds.as_deref(), ours);
+    let open = checked.as_ref().map_or(0, |&count| leading_open(count));
+    std::env::set_var("LISTEN_PID", ours.to_string());
+    std::env::set_var("LISTEN_FDS", open.to_string());
+    // Removes LISTEN_PID, LISTEN_FDS and LISTEN_FDNAMES, whatever the outcome.
+    let received = libsystemd::activation::receive_descriptors(true);
+    let count = checked?;
+    let received = received.map_err(|e| ActivationError::Setup {
+        fd: LISTEN_FDS_START,
+        err: e.to_string(),
+    })?;
+    let mut sockets = Vec::with_capacity(count);
+    for (number, passed) in (LISTEN_FDS_START..).zip(received) {
+        let raw = passed.into_raw_fd();
+        debug_assert_eq!(raw, number, "libsystemd hands the fds over in order");
+        // SAFETY: systemd passed this fd to us (LISTEN_PID matched) and it is open
+        // (`leading_open`); nothing else in the process owns it, and each is adopted once.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        sockets.push(classify(fd, raw)?);
     }
-    let count = parse_listen_env(pid.as_deref(), fds.as_deref(), std::process::id())?;
-    (0..count as RawFd)
-        .map(|i| adopt(LISTEN_FDS_START + i))
-        .collect()
+    if open < count {
+        return Err(ActivationError::NotOpen(LISTEN_FDS_START + open as RawFd));
+    }
+    Ok(sockets)
 }
 
-/// Takes ownership of one passed fd after checking that it is a stream socket, and makes it
-/// close-on-exec and non-blocking.
-fn adopt(number: RawFd) -> Result<Activated, ActivationError> {
-    if fcntl(number, FcntlArg::F_GETFD).is_err() {
-        return Err(ActivationError::NotOpen(number));
-    }
-    // SAFETY: systemd passed this fd to us (LISTEN_PID matched) and it is open; nothing else
-    // in the process owns it, and each number is adopted once.
-    let fd = unsafe { OwnedFd::from_raw_fd(number) };
-    classify(fd, number)
+/// How many of the `count` fds from [`LISTEN_FDS_START`] on are open, up to the first that
+/// is not.
+fn leading_open(count: usize) -> usize {
+    (0..count)
+        .take_while(|&i| fcntl(LISTEN_FDS_START + i as RawFd, FcntlArg::F_GETFD).is_ok())
+        .count()
 }
 
 /// Checks that `fd` is a stream socket and prepares it for the event loop.
@@ -201,6 +226,59 @@ mod tests {
         for (pid, fds, want) in table {
             assert_eq!(parse_listen_env(pid, fds, ours), want, "{pid:?} {fds:?}");
         }
+    }
+
+    /// Where libsystemd reads the activation environment differently from sd_listen_fds(3),
+    /// rsproxyd keeps systemd's reading: each row is a case the crate alone gets wrong.
+    /// (It changes LISTEN_* in this process; no other test reads them.)
+    #[test]
+    fn libsystemd_differs_where_we_check_first() {
+        let ours = std::process::id();
+        let hex = format!("{ours:#x}");
+        let dec = ours.to_string();
+        type Row<'a> = (
+            Option<&'a str>,
+            Option<&'a str>,
+            bool,
+            Result<usize, ActivationError>,
+        );
+        let table: Vec<Row> = vec![
+            // The crate passes over a missing LISTEN_PID, another process's, or LISTEN_FDS=0:
+            // no sockets and no error, where systemd's tools say why.
+            (None, Some("1"), true, Err(ActivationError::NoListenPid)),
+            (
+                Some("1"),
+                Some("1"),
+                true,
+                Err(ActivationError::WrongPid { theirs: 1, ours }),
+            ),
+            (
+                Some(&dec),
+                Some("0"),
+                true,
+                Err(ActivationError::ZeroListenFds),
+            ),
+            // The crate refuses what strtoul with base 0 reads: hex and leading space.
+            (Some(&hex), Some("1"), false, Ok(1)),
+            (Some(&dec), Some("0x1"), false, Ok(1)),
+            (Some(&dec), Some(" 1"), false, Ok(1)),
+        ];
+        for (pid, fds, crate_finds_none, want) in table {
+            for (var, value) in [("LISTEN_PID", pid), ("LISTEN_FDS", fds)] {
+                match value {
+                    Some(v) => std::env::set_var(var, v),
+                    None => std::env::remove_var(var),
+                }
+            }
+            let theirs = libsystemd::activation::receive_descriptors(true);
+            match theirs {
+                Ok(v) => assert!(crate_finds_none && v.is_empty(), "{pid:?} {fds:?}"),
+                Err(e) => assert!(!crate_finds_none, "{pid:?} {fds:?}: {e}"),
+            }
+            assert_eq!(parse_listen_env(pid, fds, ours), want, "{pid:?} {fds:?}");
+        }
+        // And `010` is eight fds to systemd (octal), where `str::parse` reads ten: that row
+        // is in `listen_env_table`; the crate is not run on it, as it would touch fds 3..12.
     }
 
     /// Every activation error that a user can cause says how to start rsproxyd properly.

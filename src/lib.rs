@@ -12,7 +12,11 @@
 //! - [`target`] and [`backend`]: where to connect, and the shared cold-start probe.
 //! - [`relay`] and [`splice`]: the per-connection pump, read/write for small messages and
 //!   splice(2) for bulk, with half-close passed through.
-//! - [`logging`]: tracing to stderr, with journald priorities.
+//! - [`records`]: what is reported about the work (a connection's end, a backend
+//!   timeout, the exit summary), each with its journal fields.
+//! - [`logging`]: tracing to the journal with those fields when stderr is the journal,
+//!   otherwise text to stderr (with journald's `<N>` priorities when the journal's socket
+//!   cannot be reached).
 //! - [`limits`]: every timeout, schedule and size, in one place; [`tuning`] lets a
 //!   benchmark build (feature `tuning`) vary the relay's.
 
@@ -23,6 +27,7 @@ pub mod limits;
 pub mod logging;
 pub mod notify;
 pub mod number;
+pub mod records;
 pub mod relay;
 pub mod server;
 pub mod splice;

@@ -1,12 +1,19 @@
-//! Logging with tracing: `<N>` priority prefixes when stderr is the journal, levels from
-//! RUST_LOG or SYSTEMD_LOG_LEVEL.
+//! Logging with tracing: the journal's native protocol, with each record's fields, when
+//! stderr is the journal; otherwise text on stderr (with `<N>` priority prefixes when stderr
+//! is the journal but its socket cannot be reached). Levels from RUST_LOG or
+//! SYSTEMD_LOG_LEVEL.
 
 use std::fmt;
 
+use tracing::field::{Field, Visit};
 use tracing::{Level, Subscriber};
-use tracing_subscriber::fmt::format::{DefaultFields, Format, Writer};
+use tracing_journald::{Priority, PriorityMappings};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::{Format, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// Maps SYSTEMD_LOG_LEVEL (a name or 0-7, as systemd's own tools take it) to a filter.
@@ -44,6 +51,62 @@ fn priority(level: &Level) -> u8 {
     }
 }
 
+/// The journal's PRIORITY for each level: the same as the `<N>` prefixes ([`priority`]),
+/// where tracing-journald's own default would file info as notice and debug as info.
+fn journal_priorities() -> PriorityMappings {
+    PriorityMappings {
+        error: Priority::Error,
+        warn: Priority::Warning,
+        info: Priority::Informational,
+        debug: Priority::Debug,
+        trace: Priority::Debug,
+    }
+}
+
+/// True for the fields that are only for the journal: the records' upper-case names
+/// (`BACKEND=`, `BYTES_TO_CLIENT=`, ...), which their text messages already say in words.
+fn journal_only(name: &str) -> bool {
+    name.bytes()
+        .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+}
+
+/// Formats an event's or span's fields for text: the message, then `name=value` for the
+/// other fields, leaving out the journal-only ones so the text reads as it did.
+struct TextFields;
+
+impl<'w> FormatFields<'w> for TextFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut visit = TextVisit {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut visit);
+        visit.result
+    }
+}
+
+struct TextVisit<'w> {
+    writer: Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl Visit for TextVisit<'_> {
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        if self.result.is_err() || journal_only(field.name()) {
+            return;
+        }
+        let sep = if self.first { "" } else { " " };
+        self.first = false;
+        self.result = if field.name() == "message" {
+            write!(self.writer, "{sep}{value:?}")
+        } else {
+            write!(self.writer, "{sep}{}={value:?}", field.name())
+        };
+    }
+}
+
 /// Prefixes each line with `<N>` so journald stores it at the right priority.
 struct Journal(Format<tracing_subscriber::fmt::format::Full, ()>);
 
@@ -64,6 +127,9 @@ where
 }
 
 /// Installs the global subscriber. Reads the environment, so call it before threads start.
+/// When stderr is the journal, events go to the journal's socket with their fields
+/// (tracing-journald, names as written: no prefix); if that socket cannot be reached, they
+/// go to stderr as `<N>`-prefixed text, as before.
 pub fn init() {
     let filter = match std::env::var("RUST_LOG") {
         Ok(v) if !v.is_empty() => EnvFilter::new(v),
@@ -76,11 +142,28 @@ pub fn init() {
         }
     };
     let journal = stderr_is_journal(std::env::var("JOURNAL_STREAM").ok().as_deref());
+    let unreachable = if journal {
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                let layer = layer
+                    .with_field_prefix(None)
+                    .with_priority_mappings(journal_priorities());
+                tracing_subscriber::registry()
+                    .with(filter)
+                    .with(layer)
+                    .init();
+                return;
+            }
+            Err(e) => Some(e),
+        }
+    } else {
+        None
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
-        .fmt_fields(DefaultFields::new());
+        .fmt_fields(TextFields);
     if journal {
         let inner = tracing_subscriber::fmt::format()
             .with_target(false)
@@ -88,6 +171,9 @@ pub fn init() {
             .with_ansi(false)
             .without_time();
         builder.event_format(Journal(inner)).init();
+        if let Some(e) = unreachable {
+            tracing::debug!("the journal's socket cannot be reached ({e}): logging text");
+        }
     } else {
         builder
             .with_ansi(false)
@@ -128,6 +214,68 @@ mod tests {
         assert_eq!(priority(&Level::WARN), 4);
         assert_eq!(priority(&Level::INFO), 6);
         assert_eq!(priority(&Level::DEBUG), 7);
+    }
+
+    /// The journal gets the same priority for each level as the `<N>` prefixes.
+    #[test]
+    fn journal_priorities_match_prefixes() {
+        let m = journal_priorities();
+        for (level, p) in [
+            (Level::ERROR, m.error),
+            (Level::WARN, m.warn),
+            (Level::INFO, m.info),
+            (Level::DEBUG, m.debug),
+            (Level::TRACE, m.trace),
+        ] {
+            assert_eq!(p as u8 - b'0', priority(&level), "{level}");
+        }
+    }
+
+    /// The records' upper-case field names are journal-only; ordinary fields are not.
+    #[test]
+    fn journal_only_fields() {
+        for name in [
+            "BACKEND",
+            "BYTES_TO_CLIENT",
+            "DURATION_USEC",
+            "CLIENTS_CLOSED",
+        ] {
+            assert!(journal_only(name), "{name}");
+        }
+        for name in ["message", "client", "backend", "to_backend"] {
+            assert!(!journal_only(name), "{name}");
+        }
+    }
+
+    /// Text output keeps the message and ordinary fields and leaves out journal-only ones.
+    #[test]
+    fn text_leaves_out_journal_fields() {
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Buf(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Buf {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let buf = Buf::default();
+        let out = buf.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || out.clone())
+            .with_ansi(false)
+            .without_time()
+            .with_target(false)
+            .fmt_fields(TextFields)
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!(BACKEND = "b:1", WAITED_USEC = 5u64, n = 2, "the message");
+        });
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.trim(), "WARN the message n=2");
     }
 
     /// A JOURNAL_STREAM that is missing, malformed or names another file is not the journal.

@@ -1,4 +1,14 @@
 //! sd_notify(3): READY=1, STATUS=, STOPPING=1 and WATCHDOG=1 to NOTIFY_SOCKET, when set.
+//!
+//! This stays rsproxyd's own code rather than libsystemd's `daemon::notify` and
+//! `daemon::watchdog_enabled` (0.7), which differ where it matters here (the tests at the
+//! end show each difference):
+//! - `notify` ends every assignment with a newline (`WATCHDOG=1\n`, not `WATCHDOG=1`);
+//! - it reads NOTIFY_SOCKET from the environment at every call, from whichever thread sends,
+//!   so the variable would have to stay set, and it opens a new blocking socket per message,
+//!   where one non-blocking socket here never stalls the event loop when systemd is slow;
+//! - `watchdog_enabled` returns a zero interval for `WATCHDOG_USEC=0` (tokio's timer panics
+//!   on a zero period) and rounds the interval down to whole milliseconds.
 
 use std::io;
 use std::os::unix::net::{SocketAddr, UnixDatagram};
@@ -111,6 +121,51 @@ mod tests {
         ];
         for (usec, pid, want) in table {
             assert_eq!(watchdog_interval(usec, pid, 7), want, "{usec:?} {pid:?}");
+        }
+    }
+
+    /// libsystemd's sender ends each assignment with a newline and reads NOTIFY_SOCKET at
+    /// every call; ours sends exactly the text given. (Sets NOTIFY_SOCKET in this process;
+    /// no other test reads it.)
+    #[test]
+    fn libsystemd_notify_differs() {
+        let dir = std::env::temp_dir().join(format!("rsproxyd-sdnotify-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("notify.sock");
+        let _ = std::fs::remove_file(&path);
+        let sock = UnixDatagram::bind(&path).unwrap();
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 64];
+        std::env::set_var("NOTIFY_SOCKET", &path);
+        let sent = libsystemd::daemon::notify(false, &[libsystemd::daemon::NotifyState::Watchdog]);
+        std::env::remove_var("NOTIFY_SOCKET");
+        assert!(sent.unwrap());
+        let n = sock.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"WATCHDOG=1\n");
+        Notifier::to_path(&path, None).unwrap().send("WATCHDOG=1");
+        let n = sock.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"WATCHDOG=1");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// libsystemd's watchdog reading gives a zero interval for WATCHDOG_USEC=0 and whole
+    /// milliseconds; ours gives none for 0, and half the interval to the microsecond.
+    /// (Sets WATCHDOG_USEC in this process; no other test reads it.)
+    #[test]
+    fn libsystemd_watchdog_differs() {
+        let ours = std::process::id();
+        for (usec, theirs, want) in [
+            ("0", Some(Duration::ZERO), None),
+            (
+                "1500",
+                Some(Duration::from_millis(1)),
+                Some(Duration::from_micros(750)),
+            ),
+        ] {
+            std::env::set_var("WATCHDOG_USEC", usec);
+            std::env::remove_var("WATCHDOG_PID");
+            assert_eq!(libsystemd::daemon::watchdog_enabled(true), theirs, "{usec}");
+            assert_eq!(watchdog_interval(Some(usec), None, ours), want, "{usec}");
         }
     }
 

@@ -4,6 +4,7 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::sys::socket::{shutdown, Shutdown};
 use tokio::io::unix::AsyncFd;
@@ -23,11 +24,40 @@ pub struct Moved {
     pub to_client: u64,
 }
 
+/// Bytes moved so far in each direction, readable while the relay runs and after it failed
+/// or was cut short (for the "connection ended" record).
+#[derive(Debug, Default)]
+pub struct Progress {
+    to_backend: AtomicU64,
+    to_client: AtomicU64,
+}
+
+impl Progress {
+    pub fn moved(&self) -> Moved {
+        Moved {
+            to_backend: self.to_backend.load(Ordering::Relaxed),
+            to_client: self.to_client.load(Ordering::Relaxed),
+        }
+    }
+}
+
 /// Relays between `client` and `backend` until both directions have seen EOF, or one side
 /// fails. EOF from one side becomes shutdown(SHUT_WR) on the other once its data is
 /// delivered; on an error both sockets are reset so neither peer waits for more.
 pub async fn relay(client: &AsyncFd<OwnedFd>, backend: &AsyncFd<OwnedFd>) -> io::Result<Moved> {
-    let result = tokio::try_join!(pump(client, backend), pump(backend, client));
+    relay_counted(client, backend, &Progress::default()).await
+}
+
+/// [`relay`], counting the bytes moved in `progress` as they go.
+pub async fn relay_counted(
+    client: &AsyncFd<OwnedFd>,
+    backend: &AsyncFd<OwnedFd>,
+    progress: &Progress,
+) -> io::Result<Moved> {
+    let result = tokio::try_join!(
+        pump(client, backend, &progress.to_backend),
+        pump(backend, client, &progress.to_client)
+    );
     match result {
         Ok((to_backend, to_client)) => Ok(Moved {
             to_backend,
@@ -58,8 +88,12 @@ enum Step {
 
 /// Copies `src` to `dst` until EOF, then shuts down `dst` for writing. Starts with plain
 /// read/write (cheapest for small messages) and switches to splice once a read fills the
-/// buffer, i.e. once the direction carries bulk data.
-async fn pump(src: &AsyncFd<OwnedFd>, dst: &AsyncFd<OwnedFd>) -> io::Result<u64> {
+/// buffer, i.e. once the direction carries bulk data. Adds what it moved to `moved` as it goes.
+async fn pump(
+    src: &AsyncFd<OwnedFd>,
+    dst: &AsyncFd<OwnedFd>,
+    moved: &AtomicU64,
+) -> io::Result<u64> {
     let mut total = 0u64;
     let mut spill: Vec<u8> = Vec::new();
     let mode = relay_mode();
@@ -100,6 +134,7 @@ async fn pump(src: &AsyncFd<OwnedFd>, dst: &AsyncFd<OwnedFd>) -> io::Result<u64>
                 }
             }
             total += n as u64;
+            moved.fetch_add(n as u64, Ordering::Relaxed);
             if !splice_ok {
                 pipe = None;
             }
@@ -116,6 +151,7 @@ async fn pump(src: &AsyncFd<OwnedFd>, dst: &AsyncFd<OwnedFd>) -> io::Result<u64>
             Step::Eof => break,
             Step::Data { n, full } => {
                 total += n as u64;
+                moved.fetch_add(n as u64, Ordering::Relaxed);
                 if !spill.is_empty() {
                     flush(dst, &mut spill).await?;
                 }

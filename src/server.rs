@@ -1,7 +1,7 @@
 //! The accept loops, the connection limit, the idle timer, STATUS= and the drain on stop.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -17,6 +17,7 @@ use crate::backend::{is_fd_exhaustion, Backend, ConnectError, Health};
 use crate::cli::Config;
 use crate::limits::{fd_backoff, RESET_GRACE, STATUS_INTERVAL};
 use crate::notify::Notifier;
+use crate::records::{BackendTimedOut, CloseReason, ConnectionEnded, Summary};
 
 /// Why the daemon stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -93,6 +94,11 @@ struct Shared {
     /// Connections being relayed, plus clients the accept loops are getting a backend for.
     active: watch::Sender<usize>,
     served: AtomicU64,
+    /// Bytes relayed by the connections that ended, each way, and the most relayed at once:
+    /// the exit summary.
+    to_backend: AtomicU64,
+    to_client: AtomicU64,
+    peak: AtomicUsize,
     stop: Stop,
     relays: TaskTracker,
 }
@@ -128,6 +134,9 @@ pub async fn run(
         config,
         active: watch::Sender::new(0),
         served: AtomicU64::new(0),
+        to_backend: AtomicU64::new(0),
+        to_client: AtomicU64::new(0),
+        peak: AtomicUsize::new(0),
         stop: stop.clone(),
         relays: TaskTracker::new(),
     });
@@ -194,6 +203,15 @@ pub async fn run(
         stop.cut.cancel();
         let _ = tokio::time::timeout(RESET_GRACE, shared.relays.wait()).await;
     }
+    Summary {
+        backend: shared.backend.target().to_string(),
+        connections: shared.served.load(Ordering::Relaxed),
+        bytes_to_backend: shared.to_backend.load(Ordering::Relaxed),
+        bytes_to_client: shared.to_client.load(Ordering::Relaxed),
+        peak_connections: shared.peak.load(Ordering::Relaxed),
+        exit_reason: describe(&outcome).to_string(),
+    }
+    .log();
     Ok(outcome)
 }
 
@@ -249,17 +267,14 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, numbe
                 match r {
                     Ok(b) => b,
                     Err(ConnectError::TimedOut { last, waited }) => {
-                        let closed = close_queued(&listener);
-                        let then = if shared.config.follow_backend {
-                            "; exiting (--follow-backend) so the next client starts the backend again"
-                        } else {
-                            ""
-                        };
-                        tracing::warn!(
-                            "Failed to connect to remote host {}: {last} (waited {:.1}s); closed {closed} waiting client(s){then}",
-                            shared.backend.target(),
-                            waited.as_secs_f64()
-                        );
+                        BackendTimedOut {
+                            backend: shared.backend.target().to_string(),
+                            last_error: last.to_string(),
+                            waited,
+                            clients_closed: close_queued(&listener),
+                            exiting: shared.config.follow_backend,
+                        }
+                        .log();
                         if shared.config.follow_backend {
                             stop.request(Outcome::BackendTimedOut);
                             return;
@@ -402,6 +417,8 @@ fn spawn_relay(
     shared.served.fetch_add(1, Ordering::Relaxed);
     let target = shared.backend.target().to_string();
     let cut = shared.stop.cut.clone();
+    let started = Instant::now();
+    let totals = shared.clone();
     shared.relays.spawn(async move {
         let _hold = (permit, busy);
         let client = match crate::relay::register(client) {
@@ -419,30 +436,55 @@ fn spawn_relay(
             String::new()
         };
         let span = tracing::debug_span!("conn", client = %peer, backend = %target);
-        async {
+        let progress = crate::relay::Progress::default();
+        let close = async {
             tracing::debug!("open");
             let relayed = tokio::select! {
-                r = crate::relay::relay(&client, &backend) => r,
+                r = crate::relay::relay_counted(&client, &backend, &progress) => r,
                 _ = cut.cancelled() => {
                     crate::relay::reset(&client);
                     crate::relay::reset(&backend);
-                    Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "cut short by the stop"))
+                    return CloseReason::DrainCut;
                 }
             };
             match relayed {
-                Ok(m) => {
-                    tracing::debug!(to_backend = m.to_backend, to_client = m.to_client, "closed")
-                }
-                Err(e) if is_peer_abort(&e) => tracing::debug!("closed by reset: {e}"),
+                Ok(_) => CloseReason::Eof,
+                Err(e) if is_peer_abort(&e) => CloseReason::Reset,
                 Err(e) => {
-                    let peer = if debug { peer } else { peer_name(&client) };
-                    tracing::warn!("relay {peer} <-> {target} failed: {e}")
+                    let peer = if debug {
+                        peer.clone()
+                    } else {
+                        peer_name(&client)
+                    };
+                    tracing::warn!("relay {peer} <-> {target} failed: {e}");
+                    CloseReason::of_error(&e)
                 }
             }
         }
         .instrument(span)
-        .await
+        .await;
+        let moved = progress.moved();
+        totals
+            .to_backend
+            .fetch_add(moved.to_backend, Ordering::Relaxed);
+        totals
+            .to_client
+            .fetch_add(moved.to_client, Ordering::Relaxed);
+        if debug {
+            ConnectionEnded {
+                client: peer,
+                backend: target,
+                bytes_to_backend: moved.to_backend,
+                bytes_to_client: moved.to_client,
+                duration: started.elapsed(),
+                close,
+            }
+            .log();
+        }
     });
+    shared
+        .peak
+        .fetch_max(shared.relays.len(), Ordering::Relaxed);
 }
 
 fn is_peer_abort(e: &std::io::Error) -> bool {

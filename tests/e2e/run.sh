@@ -88,6 +88,8 @@ report() {
 # --- The box (tests/e2e/box.sh) ------------------------------------------------------------
 # shellcheck source=tests/e2e/box.sh
 . "$HERE/box.sh"
+# shellcheck source=tests/e2e/checks_journal.sh
+. "$HERE/checks_journal.sh"
 BOX_BOOT_TIMEOUT_S=$BOOT_TIMEOUT_S
 box_setup rsproxyd-e2e
 
@@ -641,6 +643,9 @@ check_sockets
 check_control_bindsto
 check_verify
 check_security
+check_journal_fields
+check_journal_timeout
+check_journal_summary
 echo "# checks took $(ms "$SUITE_START" "$(now_ns)") ms" >&2
 
 if [[ ${E2E_KEEP:-} == 1 ]]; then
