@@ -402,6 +402,7 @@ fn spawn_relay(
     shared.served.fetch_add(1, Ordering::Relaxed);
     let target = shared.backend.target().to_string();
     let cut = shared.stop.cut.clone();
+    let proxy_protocol = shared.config.proxy_protocol;
     shared.relays.spawn(async move {
         let _hold = (permit, busy);
         let client = match crate::relay::register(client) {
@@ -411,6 +412,17 @@ fn spawn_relay(
                 return;
             }
         };
+        if let Some(version) = proxy_protocol {
+            if let Err(e) = crate::proxy_header::send(version, client.get_ref(), backend.get_ref())
+            {
+                crate::relay::reset(&client);
+                crate::relay::reset(&backend);
+                tracing::warn!(
+                    "cannot send the PROXY protocol header to {target}: {e}; closing the client"
+                );
+                return;
+            }
+        }
         // getpeername(2) only when something will be logged.
         let debug = tracing::enabled!(tracing::Level::DEBUG);
         let peer = if debug {
