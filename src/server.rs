@@ -314,7 +314,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, numbe
                 }
             }
             // The client left before we accepted it: close the backend connection rather than
-            // hold it open, which could keep an idle backend from exiting.
+            // hold it open, which could keep an idle backend from exiting. With --proxy-protocol
+            // it closes without a header, as a client that leaves does: nginx notes that at
+            // info level only, while a LOCAL header followed by a close reads to HAProxy's
+            // HTTP mode as a bad request (400 in its log).
             Err(_would_block) => drop(backend),
         }
     }
