@@ -420,9 +420,14 @@ fn spawn_relay(
             {
                 crate::relay::reset(&client);
                 crate::relay::reset(&backend);
-                tracing::warn!(
-                    "cannot send the PROXY protocol header to {target}: {e}; closing the client"
-                );
+                // A client that is already gone (ENOTCONN from getpeername) is no fault.
+                if is_peer_abort(&e) || e.raw_os_error() == Some(libc::ENOTCONN) {
+                    tracing::debug!("PROXY protocol header not sent to {target}: {e}");
+                } else {
+                    tracing::warn!(
+                        "cannot send the PROXY protocol header to {target}: {e}; closing the client"
+                    );
+                }
                 return;
             }
         }
