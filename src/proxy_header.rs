@@ -8,9 +8,11 @@
 //! with no addresses: the receiver then uses the connection's own endpoints, which is all
 //! it could do with an unnamed unix client, and nginx and HAProxy both take it.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::AsFd;
+
+use crate::limits::PROXY_EARLY_DATA;
 
 /// The version of the PROXY protocol to send (`--proxy-protocol=v1|v2`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,20 +83,38 @@ pub fn for_client(version: Version, client: impl AsFd) -> io::Result<Vec<u8>> {
 
 /// Writes the header for `client` to `backend`, a freshly connected socket whose send
 /// buffer is empty, in a single send(2): a header split across segments is refused by some
-/// receivers (nginx, for v2). A short or failed write is an error; the caller then resets
-/// both sides, so no client byte ever reaches the backend without its header.
+/// receivers (nginx, for v2). What the client has already sent (up to
+/// [`PROXY_EARLY_DATA`] bytes, looked at with MSG_PEEK) rides in the same write after the
+/// header, so the backend gets one segment rather than two; only the bytes that went out
+/// are then taken from the client, the rest is left to the relay. A short or failed header
+/// write is an error; the caller then resets both sides, so no client byte ever reaches the
+/// backend without its header.
 pub fn send(version: Version, client: impl AsFd, backend: impl AsFd) -> io::Result<()> {
-    use nix::sys::socket::{send as send2, MsgFlags};
+    use nix::sys::socket::{recv, MsgFlags};
     use std::os::fd::AsRawFd;
-    let header = for_client(version, client)?;
-    let fd = backend.as_fd().as_raw_fd();
-    let sent = loop {
-        match send2(fd, &header, MsgFlags::MSG_NOSIGNAL) {
+    let header = for_client(version, &client)?;
+    let client_fd = client.as_fd().as_raw_fd();
+    let mut early = [0u8; PROXY_EARLY_DATA];
+    // Nothing there yet, EOF, or an error: the header goes alone; the relay sees the rest.
+    let peeked = loop {
+        match recv(
+            client_fd,
+            &mut early,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
+        ) {
             Err(nix::errno::Errno::EINTR) => continue,
-            r => break r.map_err(io::Error::from)?,
+            r => break r.unwrap_or(0),
         }
     };
-    if sent != header.len() {
+    let bufs = [IoSlice::new(&header), IoSlice::new(&early[..peeked])];
+    let sock = socket2::SockRef::from(&backend);
+    let sent = loop {
+        match sock.send_vectored_with_flags(&bufs, libc::MSG_NOSIGNAL) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            r => break r?,
+        }
+    };
+    if sent < header.len() {
         return Err(io::Error::new(
             io::ErrorKind::WriteZero,
             format!(
@@ -102,6 +122,23 @@ pub fn send(version: Version, client: impl AsFd, backend: impl AsFd) -> io::Resu
                 header.len()
             ),
         ));
+    }
+    // Take from the client exactly the bytes that went out with the header.
+    let relayed = sent - header.len();
+    if relayed > 0 {
+        let taken = loop {
+            match recv(client_fd, &mut early[..relayed], MsgFlags::MSG_DONTWAIT) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                r => break r.map_err(io::Error::from)?,
+            }
+        };
+        if taken != relayed {
+            // Cannot happen (the bytes were peeked and only this task reads the client),
+            // but relaying the rest now would send some bytes twice.
+            return Err(io::Error::other(format!(
+                "the client's first {relayed} bytes went to the backend but only {taken} could be taken back"
+            )));
+        }
     }
     Ok(())
 }
@@ -312,6 +349,31 @@ mod tests {
         ];
         for (s, want) in table {
             assert_eq!(Version::parse(s), want, "{s:?}");
+        }
+    }
+
+    /// send puts the header first, and in the same write up to PROXY_EARLY_DATA bytes the
+    /// client already sent; those are taken from the client, the rest stays for the relay.
+    #[test]
+    fn send_carries_early_client_bytes_after_the_header() {
+        use std::io::{Read, Write};
+        use std::os::unix::net::UnixStream;
+        for sent_by_client in [0usize, 11, PROXY_EARLY_DATA, PROXY_EARLY_DATA + 5904] {
+            let (held_client, mut client) = UnixStream::pair().unwrap();
+            let (held_backend, mut backend) = UnixStream::pair().unwrap();
+            let data: Vec<u8> = (0..sent_by_client).map(|i| (i % 251) as u8).collect();
+            client.write_all(&data).unwrap();
+            send(Version::V1, &held_client, &held_backend).unwrap();
+            drop(held_backend);
+            let mut got = Vec::new();
+            backend.read_to_end(&mut got).unwrap();
+            let carried = sent_by_client.min(PROXY_EARLY_DATA);
+            let want = [&b"PROXY UNKNOWN\r\n"[..], &data[..carried]].concat();
+            assert_eq!(got, want, "{sent_by_client} bytes sent by the client");
+            drop(client);
+            let mut left = Vec::new();
+            (&held_client).read_to_end(&mut left).unwrap();
+            assert_eq!(left, &data[carried..], "left for the relay");
         }
     }
 
