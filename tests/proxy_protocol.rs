@@ -561,3 +561,36 @@ fn nginx_cold_start_keeps_its_error_log_clean() {
         }
     }
 }
+
+/// With the header on, bulk transfers (splice) stay byte-exact both ways, a half-close
+/// still passes the reply through, and `-c 1` serves clients one after another.
+#[test]
+fn bulk_half_close_and_limit_unchanged() {
+    // Reads the v1 line, then echoes everything and half-closes after the client does.
+    let backend = serve(TcpListener::bind("127.0.0.1:0").unwrap(), |mut s| {
+        let mut line = Vec::new();
+        let mut b = [0u8; 1];
+        while !line.ends_with(b"\r\n") {
+            if s.read_exact(&mut b).is_err() {
+                return;
+            }
+            line.push(b[0]);
+        }
+        assert!(
+            line.starts_with(b"PROXY TCP4 127.0.0.1 127.0.0.1 "),
+            "{line:?}"
+        );
+        echo(s);
+    });
+    let (_proxy, addr) = spawn_proxy(
+        &backend.addr.to_string(),
+        &["--proxy-protocol=v1", "-c", "1"],
+        &[],
+    );
+    for (i, size) in [10 * 1024 * 1024, 1, 300_000].into_iter().enumerate() {
+        let data = pattern(size, i as u64);
+        let got = exchange(addr, &data).expect("exchange");
+        assert!(got == data, "bytes differ for size {size}");
+    }
+    assert_eq!(backend.accepted.load(Ordering::SeqCst), 3);
+}
