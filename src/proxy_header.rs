@@ -377,6 +377,24 @@ mod tests {
         }
     }
 
+    /// A backend that is gone makes send fail, and the client's bytes stay unread (the
+    /// caller resets both sides; nothing is relayed without the header).
+    #[test]
+    fn send_to_a_gone_backend_fails_and_takes_nothing() {
+        use std::io::{Read, Write};
+        use std::os::unix::net::UnixStream;
+        let (held_client, mut client) = UnixStream::pair().unwrap();
+        let (held_backend, backend) = UnixStream::pair().unwrap();
+        drop(backend);
+        client.write_all(b"request").unwrap();
+        let err = send(Version::V2, &held_client, &held_backend).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::EPIPE), "{err}");
+        drop(client);
+        let mut left = Vec::new();
+        (&held_client).read_to_end(&mut left).unwrap();
+        assert_eq!(left, b"request");
+    }
+
     /// for_client reads the peer as the source and the socket's own address as the
     /// destination, and gives a unix client UNKNOWN / LOCAL.
     #[test]
