@@ -141,6 +141,17 @@ impl Drop for TempDir {
     }
 }
 
+/// False (with a note) where the machine has no IPv6 loopback: the IPv6 and `[::]` cases
+/// are then left out, the IPv4 and unix ones still run.
+fn has_ipv6(front: Front) -> bool {
+    let needs = matches!(front, Front::V6 | Front::Dual);
+    if needs && TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("SKIPPED {front:?}: no IPv6 loopback on this machine");
+        return false;
+    }
+    true
+}
+
 /// Starts rsproxyd on a listener of kind `front` in front of `target`.
 fn spawn_front(front: Front, dir: &Path, version: &str, target: &str) -> (Proxy, Addr) {
     let flag = format!("--proxy-protocol={version}");
@@ -191,7 +202,7 @@ fn golden_headers_for_tcp_listeners() {
         (Front::Dual, "127.0.0.5"),
     ];
     for version in ["v1", "v2"] {
-        for (front, src) in cases {
+        for (front, src) in cases.into_iter().filter(|(f, _)| has_ipv6(*f)) {
             let (_proxy, addr) = spawn_front(front, &dir.0, version, &backend.to_string());
             let Addr::Tcp(to) = addr else { unreachable!() };
             let c = connect_from(src.parse().unwrap(), to);
@@ -468,7 +479,7 @@ fn ask_receiver(receiver: &Receiver, unix_answer: impl Fn(&str) -> bool) {
         (Front::Unix, ""),
     ];
     for version in ["v1", "v2"] {
-        for (front, src) in cases {
+        for (front, src) in cases.into_iter().filter(|(f, _)| has_ipv6(*f)) {
             let (_proxy, addr) = spawn_front(front, &receiver.dir.0, version, &target);
             match addr {
                 Addr::Tcp(to) => {
