@@ -469,7 +469,7 @@ fn http_get(mut s: impl Read + Write) -> (u16, String) {
 
 /// Asks `receiver`, through rsproxyd with each version and listener kind, who the client
 /// is. `unix_answer` checks the answer for the unix-socket client.
-fn ask_receiver(receiver: &Receiver, unix_answer: impl Fn(&str) -> bool) {
+fn ask_receiver(receiver: &mut Receiver, unix_answer: impl Fn(&str) -> bool) {
     let target = format!("127.0.0.1:{}", receiver.port);
     let cases: [(Front, &str); 5] = [
         (Front::V4, "127.0.0.5"),
@@ -480,6 +480,13 @@ fn ask_receiver(receiver: &Receiver, unix_answer: impl Fn(&str) -> bool) {
     ];
     for version in ["v1", "v2"] {
         for (front, src) in cases.into_iter().filter(|(f, _)| has_ipv6(*f)) {
+            // A receiver that could not start (its port taken meanwhile) says so here.
+            if let Ok(Some(status)) = receiver.child.try_wait() {
+                panic!(
+                    "the receiver exited ({status}); files in {:?}",
+                    receiver.dir.0
+                );
+            }
             let (_proxy, addr) = spawn_front(front, &receiver.dir.0, version, &target);
             match addr {
                 Addr::Tcp(to) => {
@@ -512,8 +519,8 @@ fn nginx_sees_the_client_address() {
     if !installed(NGINX) {
         return;
     }
-    let nginx = start_nginx();
-    ask_receiver(&nginx, |body| body.trim().is_empty());
+    let mut nginx = start_nginx();
+    ask_receiver(&mut nginx, |body| body.trim().is_empty());
     let log = std::fs::read_to_string(nginx.dir.0.join("error.log")).unwrap();
     assert!(!log.contains("broken header"), "{log}");
 }
@@ -525,8 +532,8 @@ fn haproxy_sees_the_client_address() {
     if !installed(HAPROXY) {
         return;
     }
-    let haproxy = start_haproxy();
-    ask_receiver(&haproxy, |body| body.starts_with("127.0.0.1 "));
+    let mut haproxy = start_haproxy();
+    ask_receiver(&mut haproxy, |body| body.starts_with("127.0.0.1 "));
 }
 
 /// Across a cold start (nginx binds only after clients wait), every client is answered
