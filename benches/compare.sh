@@ -17,6 +17,9 @@
 # A proxy named rsproxyd:KEY=VALUE[,KEY=VALUE...] is a variant of rsproxyd: threads=N adds
 # --threads=N, any other key K sets RSPROXYD_TUNE_K=VALUE (honoured only by a build with the
 # `tuning` feature: see benches/tuning.sh and src/tuning.rs). Variants get no RSS run.
+# proxy=v1|v2 adds --proxy-protocol=v1|v2: that variant runs only http_ka and new_conn, against
+# a second nginx port that reads the PROXY protocol (e.g. PROXIES="rsproxyd rsproxyd:proxy=v2"
+# BENCH_WORKLOADS=new_conn: the header's cost per new connection).
 # Besides each workload's figure, the proxy's CPU time (utime+stime of its process) per unit
 # of work is recorded: per GB for bulk, per request or connection for the others.
 #
@@ -89,7 +92,10 @@ if has_proxy rsproxyd; then
         RSPROXYD=$RSPROXYD_BIN
     else
         variants=0
-        for p in "${PROXIES[@]}"; do [[ $p == rsproxyd:* ]] && variants=1; done
+        # (a variant that only adds --proxy-protocol needs no tuning build)
+        for p in "${PROXIES[@]}"; do
+            [[ $p == rsproxyd:* && ! ${p#rsproxyd:} =~ ^proxy=[^,]*$ ]] && variants=1
+        done
         if ((variants)); then
             # one binary for rsproxyd and its variants, so only the settings differ
             log "building rsproxyd (release, feature tuning, in target/tuning)"
@@ -165,6 +171,7 @@ redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save '' --appendonly no \
     --daemonize no --dir "$WORK" --logfile "$OUT/logs/redis.log" &
 PIDS+=($!)
 NGINX_PORT=$("$LOADGEN" freeport)
+NGINX_PP_PORT=$("$LOADGEN" freeport) # the same server, expecting a PROXY protocol header
 mkdir -p "$WORK/nginx"
 cat >"$WORK/nginx/nginx.conf" <<EOF
 worker_processes 1;
@@ -179,6 +186,10 @@ http {
         listen 127.0.0.1:$NGINX_PORT;
         location / { return 200 "hello from nginx\n"; }
     }
+    server {
+        listen 127.0.0.1:$NGINX_PP_PORT proxy_protocol;
+        location / { return 200 "hello from nginx\n"; }
+    }
 }
 EOF
 nginx -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf" -g 'daemon off;' &
@@ -186,6 +197,7 @@ PIDS+=($!)
 wait_listen "$IPERF_PORT"
 wait_listen "$REDIS_PORT"
 wait_listen "$NGINX_PORT"
+wait_listen "$NGINX_PP_PORT"
 log "backends: iperf3 :$IPERF_PORT, redis :$REDIS_PORT, nginx :$NGINX_PORT"
 
 # --- one proxy at a time, in front of one backend --------------------------------------------
@@ -201,13 +213,14 @@ proxy_up() { # NAME BACKEND_PORT
         IFS=, read -r -a kvs <<<"${name#rsproxyd:}"
         for kv in "${kvs[@]}"; do
             case $kv in
-            threads=*) ;;
+            threads=* | proxy=*) ;;
             ?*=*) argv+=("RSPROXYD_TUNE_$(tr a-z A-Z <<<"${kv%%=*}")=${kv#*=}") ;;
             *) die "bad variant $name: '$kv' is not KEY=VALUE" ;;
             esac
         done
         argv+=("$RSPROXYD" -c 4096)
         [[ ,${name#rsproxyd:}, =~ ,threads=([0-9]+), ]] && argv+=("--threads=${BASH_REMATCH[1]}")
+        [[ ,${name#rsproxyd:}, =~ ,proxy=([^,]+), ]] && argv+=("--proxy-protocol=${BASH_REMATCH[1]}")
         argv+=("$backend")
         ;;
     ssp) argv=("$SSP" -c 4096 "$backend") ;;
@@ -263,7 +276,9 @@ measure() { # WORKLOAD PROXY LOGFILE
     http_ka | new_conn)
         local hdr=()
         [[ $w == new_conn ]] && hdr=(-H 'Connection: close')
-        proxy_up "$p" "$NGINX_PORT"
+        local port=$NGINX_PORT
+        [[ $p == *proxy=* ]] && port=$NGINX_PP_PORT
+        proxy_up "$p" "$port"
         timeout $((HTTP_SECS + 20)) wrk -t1 -c50 -d"${HTTP_SECS}s" "${hdr[@]}" "http://127.0.0.1:$PROXY_PORT/" >"$logf" 2>&1 || true
         VALUE=$(awk '/^Requests\/sec:/ { print $2 }' "$logf")
         WORK=$(awk '/ requests in / { print $1 }' "$logf")
@@ -293,6 +308,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         for ((k = 0; k < n; k++)); do
             p=${PROXIES[$(((k + r - 1) % n))]} # rotate the order every round
             [[ $w == cold_start && $p != rsproxyd && $p != ssp ]] && continue
+            [[ $p == *proxy=* && $w != http_ka && $w != new_conn ]] && continue
             measure "$w" "$p" "$OUT/logs/r$r-$w-$p.log"
             v=$VALUE
             [[ -n $v ]] || echo "$w/$p round $r failed: see logs/r$r-$w-$p.log" | tee -a "$NOTES" >&2

@@ -10,6 +10,7 @@ use crate::limits::{
     MAX_THREADS,
 };
 use crate::number::parse_c_unsigned;
+use crate::proxy_header::Version;
 use crate::target::Target;
 
 /// Bidirectionally proxy local sockets passed by systemd to another socket, waiting for a
@@ -59,6 +60,10 @@ pub struct Args {
     #[arg(long = "threads", value_name = "N")]
     threads: Option<String>,
 
+    /// Send the backend a PROXY protocol header (v1 or v2) with the client's address first
+    #[arg(long = "proxy-protocol", value_name = "VERSION")]
+    proxy_protocol: Option<String>,
+
     /// Where to relay connections to
     #[arg(value_name = "TARGET", num_args = 0..)]
     targets: Vec<String>,
@@ -77,6 +82,8 @@ pub struct Config {
     pub follow_backend: bool,
     /// Event-loop threads.
     pub threads: usize,
+    /// `--proxy-protocol`: the header version sent first to the backend, if any.
+    pub proxy_protocol: Option<Version>,
 }
 
 /// A command line that cannot be run. The texts keep systemd-socket-proxyd's where users
@@ -99,6 +106,8 @@ pub enum CliError {
     },
     #[error("Failed to parse --threads= argument: {0} (expected a whole number from 1 to {max})", max = MAX_THREADS)]
     Threads(String),
+    #[error("Failed to parse --proxy-protocol= argument: {0} (expected one of: {accepted})", accepted = Version::ACCEPTED)]
+    ProxyProtocol(String),
     #[error("Failed to parse TARGET: {0}")]
     Target(#[from] crate::target::TargetError),
 }
@@ -161,6 +170,13 @@ impl Args {
                 _ => return Err(CliError::Threads(v)),
             },
         };
+        let proxy_protocol = match self.proxy_protocol {
+            None => None,
+            Some(v) => match Version::parse(&v) {
+                Some(version) => Some(version),
+                None => return Err(CliError::ProxyProtocol(v)),
+            },
+        };
         let target = match self.targets.as_slice() {
             [] => return Err(CliError::NotEnoughParameters),
             [one] => one.parse()?,
@@ -174,6 +190,7 @@ impl Args {
             drain_timeout,
             follow_backend: self.follow_backend,
             threads,
+            proxy_protocol,
         })
     }
 }
@@ -279,6 +296,17 @@ mod tests {
         assert_eq!(c.connect_timeout, None);
         assert_eq!(c.threads, DEFAULT_THREADS);
         assert_eq!(run(&["--threads=4", "@x"]).unwrap().threads, 4);
+        assert_eq!(run(&["@x"]).unwrap().proxy_protocol, None);
+        for (args, want) in [
+            (&["--proxy-protocol=v1", "@x"][..], Version::V1),
+            (&["--proxy-protocol", "v2", "@x"][..], Version::V2),
+            (
+                &["--proxy-protocol=v2", "--proxy-protocol=v1", "@x"][..],
+                Version::V1,
+            ),
+        ] {
+            assert_eq!(run(args).unwrap().proxy_protocol, Some(want), "{args:?}");
+        }
     }
 
     /// Bad command lines are refused with a message naming the flag or value.
@@ -335,6 +363,19 @@ mod tests {
                 "--drain-timeout= argument: 1e3",
             ),
             (vec!["--bogus", "a:1"], "--bogus"),
+            (
+                vec!["--proxy-protocol=v3", "a:1"],
+                "Failed to parse --proxy-protocol= argument: v3 (expected one of: v1, v2)",
+            ),
+            (
+                vec!["--proxy-protocol=", "a:1"],
+                "Failed to parse --proxy-protocol= argument:  (expected one of: v1, v2)",
+            ),
+            (
+                vec!["--proxy-protocol=V2", "a:1"],
+                "--proxy-protocol= argument: V2",
+            ),
+            (vec!["--proxy-protocol"], "--proxy-protocol"),
             (vec!["--exit-idle-time"], "--exit-idle-time"),
             (vec!["-c"], "-c"),
             (vec!["127.0.0.1"], "has no port"),

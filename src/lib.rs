@@ -10,6 +10,8 @@
 //! - [`server`]: accept loops that take a client only once a backend connection is held,
 //!   the exact connection limit, the idle timer and the drain on stop.
 //! - [`target`] and [`backend`]: where to connect, and the shared cold-start probe.
+//! - [`proxy_header`]: the PROXY protocol v1/v2 header sent first on a relayed backend
+//!   connection (`--proxy-protocol`).
 //! - [`relay`] and [`splice`]: the per-connection pump, read/write for small messages and
 //!   splice(2) for bulk, with half-close passed through.
 //! - [`records`]: what is reported about the work (a connection's end, a backend
@@ -27,6 +29,7 @@ pub mod limits;
 pub mod logging;
 pub mod notify;
 pub mod number;
+pub mod proxy_header;
 pub mod records;
 pub mod relay;
 pub mod server;

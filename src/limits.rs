@@ -81,6 +81,13 @@ pub fn fd_backoff(n: u32) -> Duration {
         .min(FD_BACKOFF_MAX)
 }
 
+// --- PROXY protocol (--proxy-protocol) ---
+
+/// At most this many bytes the client has already sent go out in the same write as the
+/// PROXY protocol header (one segment to the backend instead of two); an HTTP request or a
+/// TLS ClientHello usually fits.
+pub const PROXY_EARLY_DATA: usize = 4096;
+
 #[cfg(test)]
 mod tests {
     use super::*;

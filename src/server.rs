@@ -329,7 +329,10 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, numbe
                 }
             }
             // The client left before we accepted it: close the backend connection rather than
-            // hold it open, which could keep an idle backend from exiting.
+            // hold it open, which could keep an idle backend from exiting. With --proxy-protocol
+            // it closes without a header, as a client that leaves does: nginx notes that at
+            // info level only, while a LOCAL header followed by a close reads to HAProxy's
+            // HTTP mode as a bad request (400 in its log).
             Err(_would_block) => drop(backend),
         }
     }
@@ -419,6 +422,7 @@ fn spawn_relay(
     let cut = shared.stop.cut.clone();
     let started = Instant::now();
     let totals = shared.clone();
+    let proxy_protocol = shared.config.proxy_protocol;
     shared.relays.spawn(async move {
         let _hold = (permit, busy);
         let client = match crate::relay::register(client) {
@@ -428,6 +432,22 @@ fn spawn_relay(
                 return;
             }
         };
+        if let Some(version) = proxy_protocol {
+            if let Err(e) = crate::proxy_header::send(version, client.get_ref(), backend.get_ref())
+            {
+                crate::relay::reset(&client);
+                crate::relay::reset(&backend);
+                // A client that is already gone (ENOTCONN from getpeername) is no fault.
+                if is_peer_abort(&e) || e.raw_os_error() == Some(libc::ENOTCONN) {
+                    tracing::debug!("PROXY protocol header not sent to {target}: {e}");
+                } else {
+                    tracing::warn!(
+                        "cannot send the PROXY protocol header to {target}: {e}; closing the client"
+                    );
+                }
+                return;
+            }
+        }
         // getpeername(2) only when something will be logged.
         let debug = tracing::enabled!(tracing::Level::DEBUG);
         let peer = if debug {

@@ -118,6 +118,27 @@ fn error_table() {
             "Failed to parse --connect-timeout= argument: -1",
         ),
         (&["--bogus", "a:1"], ok_env, None, Listener, "--bogus"),
+        (
+            &["--proxy-protocol=v3", "a:1"],
+            ok_env,
+            None,
+            Listener,
+            "Failed to parse --proxy-protocol= argument: v3 (expected one of: v1, v2)",
+        ),
+        (
+            &["--proxy-protocol=", "a:1"],
+            ok_env,
+            None,
+            Listener,
+            "Failed to parse --proxy-protocol= argument:  (expected one of: v1, v2)",
+        ),
+        (
+            &["--proxy-protocol", "a:1"],
+            ok_env,
+            None,
+            Listener,
+            "Failed to parse --proxy-protocol= argument: a:1 (expected one of: v1, v2)",
+        ),
         (&["127.0.0.1"], ok_env, None, Listener, "has no port"),
         (&["::1:80"], ok_env, None, Listener, "without brackets"),
         (
@@ -216,6 +237,7 @@ fn help_and_version_exit_zero() {
         "--connect-timeout",
         "--drain-timeout",
         "--follow-backend",
+        "--proxy-protocol",
     ] {
         assert!(help.contains(opt), "--help lacks {opt}: {help}");
     }

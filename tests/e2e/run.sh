@@ -177,6 +177,11 @@ head -c "${BIG_MB}M" /dev/urandom >"$ROOT$BIG" || die "cannot write $ROOT$BIG"
 chmod 0644 "$ROOT$BIG"
 BIG_SHA=$(sha256sum <"$ROOT$BIG" | cut -d' ' -f1)
 
+# Checks 15-16 (PROXY protocol): their instance and nginx backend unit.
+# shellcheck source=tests/e2e/checks_proxy.sh
+. "$HERE/checks_proxy.sh"
+proxy_protocol_setup
+
 # --- Boot ---------------------------------------------------------------------------------
 box_boot
 echo "# proxy: $PROXY_KIND" >&2
@@ -643,6 +648,7 @@ check_sockets
 check_control_bindsto
 check_verify
 check_security
+check_proxy_protocol
 check_journal_fields
 check_journal_timeout
 check_journal_summary
