@@ -64,6 +64,11 @@ pub struct Args {
     #[arg(long = "proxy-protocol", value_name = "VERSION")]
     proxy_protocol: Option<String>,
 
+    /// Relay established TCP connections inside the kernel (BPF sockmap); needs CAP_BPF and
+    /// CAP_NET_ADMIN, otherwise one warning and the relay stays in user space
+    #[arg(long = "kernel-relay")]
+    kernel_relay: bool,
+
     /// Where to relay connections to
     #[arg(value_name = "TARGET", num_args = 0..)]
     targets: Vec<String>,
@@ -84,6 +89,8 @@ pub struct Config {
     pub threads: usize,
     /// `--proxy-protocol`: the header version sent first to the backend, if any.
     pub proxy_protocol: Option<Version>,
+    /// `--kernel-relay`: move TCP relays into a BPF sockmap where the kernel allows it.
+    pub kernel_relay: bool,
 }
 
 /// A command line that cannot be run. The texts keep systemd-socket-proxyd's where users
@@ -191,6 +198,7 @@ impl Args {
             follow_backend: self.follow_backend,
             threads,
             proxy_protocol,
+            kernel_relay: self.kernel_relay,
         })
     }
 }

@@ -25,6 +25,7 @@
 pub mod activation;
 pub mod backend;
 pub mod cli;
+pub mod kernel_relay;
 pub mod limits;
 pub mod logging;
 pub mod notify;

@@ -33,6 +33,12 @@ pub struct Progress {
 }
 
 impl Progress {
+    /// Counts bytes moved outside [`relay_counted`] (the kernel relay).
+    pub fn add(&self, to_backend: u64, to_client: u64) {
+        self.to_backend.fetch_add(to_backend, Ordering::Relaxed);
+        self.to_client.fetch_add(to_client, Ordering::Relaxed);
+    }
+
     pub fn moved(&self) -> Moved {
         Moved {
             to_backend: self.to_backend.load(Ordering::Relaxed),

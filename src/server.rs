@@ -101,6 +101,8 @@ struct Shared {
     peak: AtomicUsize,
     stop: Stop,
     relays: TaskTracker,
+    /// `--kernel-relay`, when the kernel let it be set up.
+    kernel: Option<Arc<crate::kernel_relay::KernelRelay>>,
 }
 
 /// Counts one unit of activity for the idle timer while it lives.
@@ -128,6 +130,7 @@ pub async fn run(
     stop: Stop,
 ) -> anyhow::Result<Outcome> {
     let backend = Backend::new(config.target.clone(), config.follow_backend);
+    let kernel = kernel_relay(&config);
     let shared = Arc::new(Shared {
         limit: Arc::new(Semaphore::new(config.connections_max)),
         backend,
@@ -137,6 +140,7 @@ pub async fn run(
         to_backend: AtomicU64::new(0),
         to_client: AtomicU64::new(0),
         peak: AtomicUsize::new(0),
+        kernel,
         stop: stop.clone(),
         relays: TaskTracker::new(),
     });
@@ -213,6 +217,30 @@ pub async fn run(
     }
     .log();
     Ok(outcome)
+}
+
+/// Sets up `--kernel-relay`; where it cannot be, one warning says why.
+fn kernel_relay(config: &Config) -> Option<Arc<crate::kernel_relay::KernelRelay>> {
+    if !config.kernel_relay {
+        return None;
+    }
+    if !matches!(config.target, crate::target::Target::Inet { .. }) {
+        tracing::warn!("--kernel-relay: the backend is a unix socket, which the kernel relay does not take; relaying in user space");
+        return None;
+    }
+    let relays = config
+        .connections_max
+        .min(crate::limits::KERNEL_RELAY_MAX_RELAYS);
+    match crate::kernel_relay::KernelRelay::load(2 * relays) {
+        Ok(k) => {
+            tracing::debug!("kernel relay ready for {relays} connection(s) at once");
+            Some(Arc::new(k))
+        }
+        Err(e) => {
+            tracing::warn!("--kernel-relay: {e}; relaying in user space");
+            None
+        }
+    }
 }
 
 fn describe(o: &Outcome) -> &'static str {
@@ -423,6 +451,7 @@ fn spawn_relay(
     let started = Instant::now();
     let totals = shared.clone();
     let proxy_protocol = shared.config.proxy_protocol;
+    let kernel = shared.kernel.clone();
     shared.relays.spawn(async move {
         let _hold = (permit, busy);
         let client = match crate::relay::register(client) {
@@ -460,7 +489,7 @@ fn spawn_relay(
         let close = async {
             tracing::debug!("open");
             let relayed = tokio::select! {
-                r = crate::relay::relay_counted(&client, &backend, &progress) => r,
+                r = crate::kernel_relay::relay(kernel.as_deref(), &client, &backend, &progress) => r,
                 _ = cut.cancelled() => {
                     crate::relay::reset(&client);
                     crate::relay::reset(&backend);
