@@ -46,10 +46,16 @@ fn soak_nothing_lost_corrupted_or_hung() {
     let (backend, stats) = rt.block_on(soak::start_backend(buf, cfg.hung_after));
     let listener = deep_listener();
     let addr = listener.local_addr().unwrap();
+    // In kernel-relay mode (RSPROXYD_TEST_KERNEL_RELAY=1), count the relays that went in.
+    let env: &[(&str, &str)] = if kernel_relay_mode() {
+        &[("RUST_LOG", "rsproxyd::kernel_relay=debug")]
+    } else {
+        &[]
+    };
     let proxy = spawn_with_fd(
         listener.into(),
         &["-c", &limit.to_string(), &backend.to_string()],
-        &[],
+        env,
     );
     let pid = proxy.pid();
 
@@ -150,6 +156,13 @@ fn soak_nothing_lost_corrupted_or_hung() {
     assert!(after.hwm < 256 * 1024, "peak RSS {} KiB", after.hwm);
     assert!(after.rss < 128 * 1024, "RSS after {} KiB", after.rss);
     let log = proxy.stderr();
+    if kernel_relay_mode() {
+        println!(
+            "soak: {} relays in the kernel, {} fell back to user space",
+            log.matches("relayed in the kernel").count(),
+            log.matches("relaying in user space").count()
+        );
+    }
     assert!(!log.contains("panicked"), "{log}");
     assert!(
         !log.contains("WARN") && !log.contains("ERROR"),
