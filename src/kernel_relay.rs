@@ -559,6 +559,10 @@ async fn kernel_relay(
         while written(b, false)?.saturating_sub(base.written_backend)
             < consumed(c)?.saturating_sub(base.read_client)
         {
+            // A send that failed in the kernel leaves its error on the backend socket.
+            if let Some(e) = socket2::SockRef::from(backend.get_ref()).take_error()? {
+                return Err(e);
+            }
             pause(waits).await;
             waits += 1;
         }
