@@ -101,6 +101,32 @@ fn byte_exact_small_and_bulk() {
     assert!(!log.contains("WARN"), "{log}");
 }
 
+/// IPv6 on both sides (an IPv6 listener, an IPv6 backend) goes into the kernel too, and
+/// a client on IPv4 relayed to an IPv6 backend.
+#[test]
+fn ipv6_both_sides_and_mixed() {
+    if !root() {
+        return;
+    }
+    let Ok(l) = TcpListener::bind("[::1]:0") else {
+        println!("skipped: no IPv6 loopback on this machine");
+        return;
+    };
+    let backend = serve(l, echo);
+    let target = format!("[::1]:{}", backend.addr.port());
+    let listener = TcpListener::bind("[::1]:0").unwrap();
+    let addr6 = listener.local_addr().unwrap();
+    let proxy = spawn_with_fd(
+        listener.into(),
+        &["--kernel-relay", &target],
+        &[("RUST_LOG", "debug")],
+    );
+    let data = pattern(3_000_000, 6);
+    assert!(exchange_on(connect_in_kernel(&proxy, addr6), &data).unwrap() == data);
+    let (proxy4, addr4) = kernel_proxy(&target, &[]);
+    assert!(exchange_on(connect_in_kernel(&proxy4, addr4), &data).unwrap() == data);
+}
+
 /// Many small messages on a kept connection (request, reply, request...) stay in order.
 #[test]
 fn small_messages_ping_pong() {
