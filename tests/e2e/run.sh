@@ -621,6 +621,10 @@ check_security() {
     fi
 }
 
+# Checks 20-26: rsproxyd-generator (/etc/rsproxyd/NAME.proxy -> units).
+# shellcheck source=tests/e2e/checks_generator.sh
+. "$HERE/checks_generator.sh"
+
 # A pristine copy of the shipped units for checks 10 and 11, away from the drop-in dirs.
 mkdir -p "$ROOT/usr/local/share/rsproxyd-e2e"
 cp "$UNITS"/*.socket "$UNITS"/*.service "$ROOT/usr/local/share/rsproxyd-e2e/"
@@ -641,6 +645,13 @@ check_sockets
 check_control_bindsto
 check_verify
 check_security
+check_gen_units
+check_gen_first
+check_gen_idle
+check_gen_broken
+check_gen_override
+check_gen_sandbox
+check_gen_user
 echo "# checks took $(ms "$SUITE_START" "$(now_ns)") ms" >&2
 
 if [[ ${E2E_KEEP:-} == 1 ]]; then
