@@ -269,8 +269,9 @@ fn write_atomic(dir: &Path, name: &str, contents: &str) -> io::Result<()> {
             .create_new(true)
             .mode(0o644)
             .open(&tmp)?;
+        // No fsync: the output directory is a tmpfs under /run, written again at every
+        // boot and reload; the rename alone keeps readers from seeing half a file.
         f.write_all(contents.as_bytes())?;
-        f.sync_data()?;
         fs::rename(&tmp, dir.join(name))
     })();
     if result.is_err() {
