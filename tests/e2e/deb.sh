@@ -3,8 +3,9 @@
 # ./rsproxyd_*.deb` into a real systemd (PID 1) booted with systemd-nspawn on a throw-away
 # overlay of this machine's / (tests/e2e/box.sh); a service from one .proxy file
 # (rsproxyd-generator), the worked example and a templated service set up by running the
-# shell blocks of the installed /usr/share/doc/rsproxyd/examples/README.md as they are; HTTP 200 through each from a cold backend; the README's removal steps; `apt
-# purge rsproxyd`; and a check that nothing is left behind.
+# shell blocks of the installed /usr/share/doc/rsproxyd/examples/README.md as they are;
+# HTTP 200 through each from a cold backend; the README's removal steps; `apt purge
+# rsproxyd`; and a check that nothing is left behind.
 #
 # usage: tests/e2e/deb.sh [PATH/TO/rsproxyd_VERSION_ARCH.deb]
 #   without a path, scripts/build-deb.sh builds the package first.
@@ -284,8 +285,10 @@ steps() {
 }
 # last_curl URL_PART: "START_US CODE SECONDS RC" of the last curl to a URL containing it.
 last_curl() { awk -v u="$1" 'index($0, u) { l = $1 " " $2 " " $3 " " $4 } END { print l }' "$ROOT$STAGE/curl.log" 2>/dev/null; }
-# bound_ns UNIT: when the stand-in behind UNIT bound its port (it logs "bound <epoch ns> ...").
-bound_ns() { box journalctl -u "$1" -o cat --no-pager | awk '$1 == "bound" { print $2; exit }'; }
+# bound_ns UNIT AFTER_NS: when the stand-in behind UNIT first bound its port at or after
+# AFTER_NS (it logs "bound <epoch ns> ..."; an earlier section may have run a unit of the
+# same name).
+bound_ns() { box journalctl -u "$1" -o cat --no-pager | awk -v t="$2" '$1 == "bound" && $2 >= t { print $2; exit }'; }
 
 # check_readme N SECTION URL PROXY BACKEND: the section's setup blocks, then a cold-start proof.
 check_readme() {
@@ -296,7 +299,7 @@ check_readme() {
     if steps "$section" setup; then
         read -r start code secs rc <<<"$(last_curl "$url")"
         start=${start:-0}
-        bound=$(bound_ns "$backend")
+        bound=$(bound_ns "$backend" "$((start * 1000))")
         bound=${bound:-0}
         body=$(cat "$ROOT$STAGE/body" 2>/dev/null)
         [[ ${code:-} == 200 ]] || note "the README's curl $url: HTTP ${code:-none} (curl exit ${rc:-?})"
