@@ -93,13 +93,13 @@ pub struct Proxy {
     /// `Target=` as written.
     pub target_text: String,
     pub target: Target,
+    /// `ExitIdleTime=`, or the generator's default.
     pub exit_idle_time: String,
-    pub connect_timeout: Option<String>,
-    pub drain_timeout: Option<String>,
+    /// The other options given, as rsproxyd flags (`--connect-timeout=5s`), in
+    /// [`PROXY_KEYS`] order.
+    pub flags: Vec<String>,
     /// `DrainTimeout=` read (`None`: infinity), for `TimeoutStopSec=`.
     pub drain: Option<Duration>,
-    pub connections_max: Option<String>,
-    pub threads: Option<String>,
 }
 
 /// Everything one `NAME.proxy` file (with its drop-ins) says.
@@ -372,7 +372,8 @@ pub fn parse(name: &str, main: &Source, dropins: &[Source]) -> Result<Spec, Vec<
 
 const SECTIONS: &[&str] = &["Unit", "Socket", "Proxy", "Backend", "Install"];
 
-/// The `[Proxy]` keys, with what each becomes on rsproxyd's command line.
+/// The `[Proxy]` keys, with what each becomes on rsproxyd's command line. A new rsproxyd
+/// option is one line here and its check in `State::proxy_key`.
 pub const PROXY_KEYS: &[(&str, &str)] = &[
     ("Target", "TARGET"),
     ("ExitIdleTime", "--exit-idle-time="),
@@ -669,8 +670,7 @@ impl State {
                 stop_with_proxy: self.stop_with_proxy.as_ref().map_or(true, |(b, ..)| *b),
             }),
         };
-        let drain_timeout = self.proxy.get("DrainTimeout").cloned();
-        let drain = match &drain_timeout {
+        let drain = match self.proxy.get("DrainTimeout") {
             Some(v) => crate::timespan::parse(v).ok().flatten(),
             None => Some(crate::limits::DEFAULT_DRAIN_TIMEOUT),
         };
@@ -682,11 +682,12 @@ impl State {
                 .get("ExitIdleTime")
                 .cloned()
                 .unwrap_or_else(|| GENERATED_EXIT_IDLE_TIME.into()),
-            connect_timeout: self.proxy.get("ConnectTimeout").cloned(),
-            drain_timeout,
+            flags: PROXY_KEYS
+                .iter()
+                .filter(|(k, _)| !matches!(*k, "Target" | "ExitIdleTime"))
+                .filter_map(|(k, flag)| Some(format!("{flag}{}", self.proxy.get(k)?)))
+                .collect(),
             drain,
-            connections_max: self.proxy.get("ConnectionsMax").cloned(),
-            threads: self.proxy.get("Threads").cloned(),
         };
         Some(Spec {
             name: name.into(),

@@ -209,17 +209,7 @@ fn exec_start(spec: &Spec) -> String {
         "--follow-backend".into(),
         format!("--exit-idle-time={}", p.exit_idle_time),
     ];
-    let optional = [
-        ("--connect-timeout=", &p.connect_timeout),
-        ("--drain-timeout=", &p.drain_timeout),
-        ("--connections-max=", &p.connections_max),
-        ("--threads=", &p.threads),
-    ];
-    for (flag, value) in optional {
-        if let Some(v) = value {
-            args.push(format!("{flag}{v}"));
-        }
-    }
+    args.extend(p.flags.iter().cloned());
     args.push(p.target_text.clone());
     args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
 }

@@ -82,3 +82,50 @@ fn service_keys_sorted() {
         assert!(SERVICE_KEYS.binary_search(&k).is_ok(), "{k}");
     }
 }
+
+fn proxy_unit(proxy_lines: &str) -> String {
+    let text = format!("{BASE}ExecStart=/bin/true\n[Proxy]\n{proxy_lines}");
+    let spec = parse("t", &src(&text), &[]).expect("valid");
+    render(&spec, false).files[1].1.clone()
+}
+
+/// TimeoutStopSec= is DrainTimeout= plus the margin, infinity when the drain is unbounded.
+#[test]
+fn stop_timeout_follows_drain() {
+    for (drain, want) in [
+        ("", "45s"),
+        ("DrainTimeout=500ms\n", "15500ms"),
+        ("DrainTimeout=2min\n", "135s"),
+        ("DrainTimeout=infinity\n", "infinity"),
+    ] {
+        let unit = proxy_unit(drain);
+        assert!(
+            unit.contains(&format!("\nTimeoutStopSec={want}\n")),
+            "{drain:?}: {unit}"
+        );
+    }
+}
+
+/// The IP filter allows only localhost, plus a remote TARGET address; a TARGET host name
+/// (other than localhost) gets no filter, since its addresses are unknown here.
+#[test]
+fn ip_filter_follows_target() {
+    for (target, want) in [
+        ("127.0.0.1:2", Some("localhost")),
+        ("[::1]:2", Some("localhost")),
+        ("localhost:2", Some("localhost")),
+        ("/run/x.sock", Some("localhost")),
+        ("@abstract", Some("localhost")),
+        ("[2001:db8::1]:2", Some("localhost 2001:db8::1")),
+        ("db.example:5432", None),
+    ] {
+        let unit = proxy_unit(&format!("Target={target}\n"));
+        match want {
+            Some(allow) => assert!(
+                unit.contains(&format!("\nIPAddressAllow={allow}\nIPAddressDeny=any\n")),
+                "{target}: {unit}"
+            ),
+            None => assert!(!unit.contains("\nIPAddressDeny="), "{target}: {unit}"),
+        }
+    }
+}

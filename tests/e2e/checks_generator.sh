@@ -122,6 +122,10 @@ check_gen_idle() {
     else
         why+="after 20 s proxy $(state $GEN_NAME.service), backend $(state $GEN_NAME-backend.service); "
     fi
+    # Stopped by systemd (StopWhenUnneeded=), cleanly: not failed, not by its own idle exit
+    # (the stand-in's is 10 minutes).
+    [[ $(prop $GEN_NAME-backend.service Result) == success ]] ||
+        why+="backend result $(prop $GEN_NAME-backend.service Result); "
     is_state $GEN_NAME.socket active || why+="socket $(state $GEN_NAME.socket); "
     listening $GEN_PORT || why+="port $GEN_PORT not listening; "
     read -r code secs t0 t1 <<<"$(get "$GEN_URL")"
@@ -155,10 +159,14 @@ check_gen_broken() {
     else
         why+="message '$msg' found neither in the console output nor the journal; "
     fi
+    # What systemd itself records: only that the generator failed.
+    local journal
+    journal=$(box journalctl -b --no-pager -o cat 2>/dev/null |
+        grep -m1 'rsproxyd-generator failed with exit status' || echo 'nothing')
     rm -f "$ROOT$file"
     box systemctl daemon-reload
     if [[ -z $why ]]; then
-        pass 23 "broken second file: $GEN_BROKEN.proxy skipped (its units not-found), $GEN_NAME still answers HTTP 200; logged '$msg' to the $where"
+        pass 23 "broken second file: $GEN_BROKEN.proxy skipped (its units not-found), $GEN_NAME still answers HTTP 200; logged '$msg' to the $where; the journal has: $journal"
     else
         fail 23 "broken second file: ${why%; }"
     fi
