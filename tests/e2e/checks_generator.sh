@@ -212,12 +212,23 @@ check_gen_sandbox() {
         >"$WORK/gen-sandbox.log" 2>&1 || rc=$?
     # /run is the box's own tmpfs, not in the overlay: look from inside.
     got=$(box sh -c "cd $out && find . -mindepth 1 | sort" | xargs)
+    # Control: the same sandbox with the output directory read-only too. The write must
+    # fail and the generator must say so (exit 1), or the run above proved nothing.
+    local control=0
+    box mkdir -p $out.ro
+    box systemd-run --wait --quiet --pipe -p ProtectSystem=strict -p ReadWritePaths=$out \
+        -p InaccessiblePaths=/var -p InaccessiblePaths=-/run/dbus -p PrivateNetwork=yes \
+        -E SYSTEMD_SCOPE=system -E RSPROXYD_GENERATOR_LOG=stderr \
+        /usr/lib/systemd/system-generators/rsproxyd-generator $out.ro \
+        >"$WORK/gen-sandbox-control.log" 2>&1 || control=$?
+    box rm -rf $out.ro
     want="./$GEN_NAME-backend.service ./$GEN_NAME.service ./$GEN_NAME.socket ./sockets.target.wants ./sockets.target.wants/$GEN_NAME.socket"
-    if [[ $rc == 0 && $got == "$want" ]] &&
+    if [[ $rc == 0 && $got == "$want" && $control != 0 ]] &&
+        grep -q 'Read-only file system' "$WORK/gen-sandbox-control.log" &&
         box cmp -s $out/$GEN_NAME.service /run/systemd/generator/$GEN_NAME.service; then
-        pass 25 "sandboxed run (systemd-run -p ProtectSystem=strict -p ReadWritePaths=$out, /var and /run/dbus inaccessible, PrivateNetwork=yes): exit 0, wrote exactly $got, identical to systemd's own run"
+        pass 25 "sandboxed run (systemd-run -p ProtectSystem=strict -p ReadWritePaths=$out, /var and /run/dbus inaccessible, PrivateNetwork=yes): exit 0, wrote exactly $got, identical to systemd's own run; control with the output directory read-only too: exit $control, 'Read-only file system' reported"
     else
-        fail 25 "sandboxed run: exit $rc, wrote '$got' (want '$want'): $(xargs <"$WORK/gen-sandbox.log")"
+        fail 25 "sandboxed run: exit $rc, wrote '$got' (want '$want'): $(xargs <"$WORK/gen-sandbox.log"); control (read-only output) exit $control: $(xargs <"$WORK/gen-sandbox-control.log")"
     fi
     box rm -rf $out
 }
