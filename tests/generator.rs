@@ -654,3 +654,53 @@ fn usage_errors() {
         assert!(stderr(&o).contains("usage: rsproxyd-generator"), "{args:?}");
     }
 }
+
+/// The user manager's real search path (no test override): $XDG_CONFIG_HOME/rsproxyd (or
+/// ~/.config/rsproxyd) before $XDG_RUNTIME_DIR/rsproxyd, the first file of a name winning.
+#[test]
+fn user_search_path_defaults() {
+    let t = Tree::new();
+    let home_file = t.write(
+        "home/.config/rsproxyd/u.proxy",
+        &MINIMAL.replace("8001", "1111"),
+    );
+    let xdg_file = t.write("xdg/rsproxyd/u.proxy", &MINIMAL.replace("8001", "2222"));
+    let runtime_file = t.write("runtime/rsproxyd/u.proxy", &MINIMAL.replace("8001", "3333"));
+    t.write("runtime/rsproxyd/r.proxy", MINIMAL);
+    let run = |xdg: bool| {
+        let mut c = Command::new(bin());
+        c.args(["--dry-run", "--user"])
+            .env_remove("RSPROXYD_GENERATOR_PATH")
+            .env("HOME", t.path("home"))
+            .env("XDG_RUNTIME_DIR", t.path("runtime"));
+        if xdg {
+            c.env("XDG_CONFIG_HOME", t.path("xdg"));
+        } else {
+            c.env_remove("XDG_CONFIG_HOME");
+        }
+        c.output().expect("run")
+    };
+    let o = run(false);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        out.contains(&format!("SourcePath={}\n", home_file.display())),
+        "{out}"
+    );
+    assert!(out.contains(" 127.0.0.1:1111\n"));
+    assert!(
+        out.contains("/r.service\n"),
+        "the runtime directory is read too"
+    );
+    assert!(stderr(&o).contains(&format!(
+        "{} is shadowed by {}",
+        runtime_file.display(),
+        home_file.display()
+    )));
+    let o = run(true);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains(&format!("SourcePath={}\n", xdg_file.display())),
+        "{out}"
+    );
+}
