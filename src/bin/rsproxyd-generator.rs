@@ -74,9 +74,9 @@ impl Log {
         // A message that cannot be logged is not a reason to stop generating units.
         let _ = match self {
             Log::Stderr => writeln!(io::stderr(), "{PROGRAM}: {msg}"),
-            Log::Kmsg(f) => f.write_all(
-                format!("<{priority}>{PROGRAM}[{}]: {msg}\n", std::process::id()).as_bytes(),
-            ),
+            Log::Kmsg(f) => {
+                f.write_all(format!("<{priority}>{PROGRAM}[{}]: {msg}\n", pid()).as_bytes())
+            }
             Log::Console(f) => f.write_all(format!("{PROGRAM}: {msg}\n").as_bytes()),
         };
     }
@@ -152,12 +152,16 @@ fn walk(roots: &[PathBuf], log: &mut Log) -> BTreeMap<String, Found> {
                 continue;
             }
         };
-        let mut names: Vec<(String, PathBuf)> = entries
+        // (name, path, is a symbolic link), from the directory entry: no stat per file.
+        let mut names: Vec<(String, PathBuf, bool)> = entries
             .filter_map(|e| e.ok())
-            .filter_map(|e| Some((e.file_name().into_string().ok()?, e.path())))
+            .filter_map(|e| {
+                let link = e.file_type().is_ok_and(|t| t.is_symlink());
+                Some((e.file_name().into_string().ok()?, e.path(), link))
+            })
             .collect();
         names.sort();
-        for (file_name, path) in names {
+        for (file_name, path, link) in names {
             if let Some(stem) = file_name.strip_suffix(".d") {
                 if let Some(name) = stem.strip_suffix(generator::SUFFIX) {
                     add_dropins(found.entry(name.to_string()).or_default(), &path, log);
@@ -175,7 +179,8 @@ fn walk(roots: &[PathBuf], log: &mut Log) -> BTreeMap<String, Found> {
                     winner.display()
                 )),
                 None => {
-                    f.masked = fs::read_link(&path).is_ok_and(|t| t == Path::new("/dev/null"));
+                    f.masked =
+                        link && fs::read_link(&path).is_ok_and(|t| t == Path::new("/dev/null"));
                     f.main = Some(path);
                 }
             }
@@ -262,7 +267,7 @@ fn load_all(names: Vec<(String, PathBuf, Vec<PathBuf>)>, log: &mut Log) -> (Vec<
 
 /// Writes `contents` to `dir/name` through a temporary file and a rename.
 fn write_atomic(dir: &Path, name: &str, contents: &str) -> io::Result<()> {
-    let tmp = dir.join(format!(".#{name}.{}", std::process::id()));
+    let tmp = dir.join(format!(".#{name}.{}", pid()));
     let result = (|| {
         let mut f = OpenOptions::new()
             .write(true)
@@ -286,15 +291,17 @@ fn symlink_atomic(dir: &Path, link: &str, target: &str) -> io::Result<()> {
     let parent = path.parent().unwrap_or(dir);
     fs::create_dir_all(parent)?;
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-    let tmp = parent.join(format!(
-        ".#{}.{}",
-        name.unwrap_or_default(),
-        std::process::id()
-    ));
+    let tmp = parent.join(format!(".#{}.{}", name.unwrap_or_default(), pid()));
     std::os::unix::fs::symlink(target, &tmp)?;
     fs::rename(&tmp, &path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })
+}
+
+/// This process's id, asked of the kernel once (it names temporary files and kmsg lines).
+fn pid() -> u32 {
+    static PID: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *PID.get_or_init(std::process::id)
 }
 
 fn write_output(dir: &Path, out: &Output) -> io::Result<()> {
