@@ -29,9 +29,10 @@ const PROGRAM: &str = "rsproxyd-generator";
 const PATH_ENV: &str = "RSPROXYD_GENERATOR_PATH";
 /// Test-only: `stderr` logs there instead of /dev/kmsg or /dev/console.
 const LOG_ENV: &str = "RSPROXYD_GENERATOR_LOG";
-/// syslog priorities for /dev/kmsg.
-const LOG_ERR: u8 = 3;
-const LOG_INFO: u8 = 6;
+/// syslog priorities for /dev/kmsg, with the daemon facility (3 << 3), as systemd's own
+/// generators log: the kernel would otherwise file them under "user".
+const LOG_ERR: u8 = (3 << 3) | 3;
+const LOG_INFO: u8 = (3 << 3) | 6;
 
 const USAGE: &str = "usage: rsproxyd-generator NORMAL_DIR [EARLY_DIR LATE_DIR]\n       \
 rsproxyd-generator --dry-run [--user] [FILE.proxy...]\n\n\
