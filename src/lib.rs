@@ -21,10 +21,14 @@
 //!   cannot be reached).
 //! - [`limits`]: every timeout, schedule and size, in one place; [`tuning`] lets a
 //!   benchmark build (feature `tuning`) vary the relay's.
+//!
+//! Apart from the daemon: [`generator`] turns `/etc/rsproxyd/NAME.proxy` files into units
+//! (the `rsproxyd-generator` binary, a systemd.generator(7), does the file-system part).
 
 pub mod activation;
 pub mod backend;
 pub mod cli;
+pub mod generator;
 pub mod limits;
 pub mod logging;
 pub mod notify;

@@ -88,6 +88,16 @@ pub fn fd_backoff(n: u32) -> Duration {
 /// TLS ClientHello usually fits.
 pub const PROXY_EARLY_DATA: usize = 4096;
 
+// --- rsproxyd-generator ---------------------------------------------------------------------
+
+/// `ExitIdleTime=` of a generated proxy when the `.proxy` file gives none: scaling to zero is
+/// the point of a generated unit, so idle proxies (and their backends) go after 10 minutes.
+pub const GENERATED_EXIT_IDLE_TIME: &str = "10min";
+
+/// How much longer than the drain timeout systemd waits before it SIGKILLs a generated proxy
+/// (`TimeoutStopSec=`): 30 s drain + 15 s = the contrib units' 45 s.
+pub const GENERATED_STOP_MARGIN: Duration = Duration::from_secs(15);
+
 #[cfg(test)]
 mod tests {
     use super::*;

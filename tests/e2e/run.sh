@@ -628,6 +628,10 @@ check_security() {
     fi
 }
 
+# Checks 20-26: rsproxyd-generator (/etc/rsproxyd/NAME.proxy -> units).
+# shellcheck source=tests/e2e/checks_generator.sh
+. "$HERE/checks_generator.sh"
+
 # A pristine copy of the shipped units for checks 10 and 11, away from the drop-in dirs.
 mkdir -p "$ROOT/usr/local/share/rsproxyd-e2e"
 cp "$UNITS"/*.socket "$UNITS"/*.service "$ROOT/usr/local/share/rsproxyd-e2e/"
@@ -652,6 +656,13 @@ check_proxy_protocol
 check_journal_fields
 check_journal_timeout
 check_journal_summary
+check_gen_units
+check_gen_first
+check_gen_idle
+check_gen_broken
+check_gen_override
+check_gen_sandbox
+check_gen_user
 echo "# checks took $(ms "$SUITE_START" "$(now_ns)") ms" >&2
 
 if [[ ${E2E_KEEP:-} == 1 ]]; then
