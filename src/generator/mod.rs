@@ -496,10 +496,8 @@ impl State {
                     ))
                 }
             },
-            "ProxyProtocol" => {
-                if crate::proxy_header::Version::parse(&value).is_none() {
-                    return Err(format!("ProxyProtocol={value}: expected v1 or v2"));
-                }
+            "ProxyProtocol" if crate::proxy_header::Version::parse(&value).is_none() => {
+                return Err(format!("ProxyProtocol={value}: expected v1 or v2"));
             }
             "Threads" => match value.parse::<usize>() {
                 Ok(n) if (1..=MAX_THREADS).contains(&n) => {}
