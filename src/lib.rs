@@ -7,6 +7,8 @@
 //!   [`number`] reads whole numbers as systemd's safe_atou() does.
 //! - [`activation`]: the listening (or, with `Accept=yes`, connected) sockets from LISTEN_FDS.
 //! - [`notify`]: READY=1, STATUS=, STOPPING=1 and WATCHDOG=1 to systemd.
+//! - [`lifecycle`]: what the stream and datagram sides share: the stop trigger, the
+//!   outcome, the activity the idle timer watches.
 //! - [`server`]: accept loops that take a client only once a backend connection is held,
 //!   the exact connection limit, the idle timer and the drain on stop.
 //! - [`target`] and [`backend`]: where to connect, and the shared cold-start probe.
@@ -19,6 +21,7 @@
 pub mod activation;
 pub mod backend;
 pub mod cli;
+pub mod lifecycle;
 pub mod limits;
 pub mod logging;
 pub mod notify;

@@ -2,88 +2,23 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{accept4, SockFlag};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::activation::Activated;
 use crate::backend::{is_fd_exhaustion, Backend, ConnectError, Health};
 use crate::cli::Config;
+use crate::lifecycle::{Activity, Busy, Tracked};
 use crate::limits::{fd_backoff, RESET_GRACE, STATUS_INTERVAL};
 use crate::notify::Notifier;
 
-/// Why the daemon stopped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// `--exit-idle-time` passed with no connection.
-    Idle,
-    /// SIGTERM or SIGINT (or the caller's own stop).
-    Stopped,
-    /// `--follow-backend`: the backend went away after it had been up.
-    BackendGone,
-    /// `--follow-backend`: the backend did not come up within `--connect-timeout`.
-    BackendTimedOut,
-    /// `Accept=yes`: the passed connection(s) were relayed.
-    Finished,
-    /// `Accept=yes`: the backend could not be reached for the passed connection.
-    ConnectFailed,
-}
-
-impl Outcome {
-    /// Exit status: 0 for orderly ends, 1 when a passed connection could not be served.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Outcome::ConnectFailed => 1,
-            _ => 0,
-        }
-    }
-}
-
-/// The stop trigger: one cancellation root and the first reason given.
-#[derive(Clone, Debug, Default)]
-pub struct Stop {
-    token: CancellationToken,
-    reason: Arc<OnceLock<Outcome>>,
-    /// Cut the relays still open (drain timeout or a second signal): they are reset, so no
-    /// client mistakes a cut transfer for a complete one.
-    cut: CancellationToken,
-}
-
-impl Stop {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Asks the daemon to stop; the first reason given wins.
-    pub fn request(&self, why: Outcome) {
-        let _ = self.reason.set(why);
-        self.token.cancel();
-    }
-
-    /// Stops at once: relays still open are reset rather than drained.
-    pub fn cut_now(&self) {
-        self.request(Outcome::Stopped);
-        self.cut.cancel();
-    }
-
-    pub fn is_requested(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
-    pub async fn requested(&self) {
-        self.token.cancelled().await
-    }
-
-    fn outcome(&self) -> Outcome {
-        self.reason.get().cloned().unwrap_or(Outcome::Stopped)
-    }
-}
+pub use crate::lifecycle::{Outcome, Stop};
 
 /// State shared by the accept loops and the relays.
 struct Shared {
@@ -91,25 +26,15 @@ struct Shared {
     backend: Backend,
     limit: Arc<Semaphore>,
     /// Connections being relayed, plus clients the accept loops are getting a backend for.
-    active: watch::Sender<usize>,
+    activity: Activity,
     served: AtomicU64,
     stop: Stop,
     relays: TaskTracker,
 }
 
-/// Counts one unit of activity for the idle timer while it lives.
-struct Busy(Arc<Shared>);
-
-impl Busy {
-    fn new(shared: &Arc<Shared>) -> Self {
-        shared.active.send_modify(|n| *n += 1);
-        Busy(shared.clone())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.active.send_modify(|n| *n -= 1);
+impl Tracked for Arc<Shared> {
+    fn activity(&self) -> &Activity {
+        &self.activity
     }
 }
 
@@ -126,7 +51,7 @@ pub async fn run(
         limit: Arc::new(Semaphore::new(config.connections_max)),
         backend,
         config,
-        active: watch::Sender::new(0),
+        activity: Activity::new(),
         served: AtomicU64::new(0),
         stop: stop.clone(),
         relays: TaskTracker::new(),
@@ -507,7 +432,7 @@ async fn serve_passed_connections(shared: Arc<Shared>, clients: Vec<OwnedFd>, on
 /// Stops the daemon after `idle` with no activity, from start-up and whenever the count of
 /// connections drops to zero; never while clients wait in a listener's queue.
 async fn idle_timer(shared: Arc<Shared>, idle: Duration, listeners: Vec<Arc<AsyncFd<OwnedFd>>>) {
-    let mut active = shared.active.subscribe();
+    let mut active = shared.activity.subscribe();
     loop {
         tokio::select! {
             _ = shared.stop.requested() => return,
