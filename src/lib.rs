@@ -12,6 +12,8 @@
 //! - [`server`]: accept loops that take a client only once a backend connection is held,
 //!   the exact connection limit, the idle timer and the drain on stop.
 //! - [`target`] and [`backend`]: where to connect, and the shared cold-start probe.
+//! - [`datagram`]: the datagram relay (`ListenDatagram=`): per-client sessions, replies from
+//!   the address the client wrote to, and a cold start that keeps refused datagrams.
 //! - [`relay`] and [`splice`]: the per-connection pump, read/write for small messages and
 //!   splice(2) for bulk, with half-close passed through.
 //! - [`logging`]: tracing to stderr, with journald priorities.
@@ -21,6 +23,7 @@
 pub mod activation;
 pub mod backend;
 pub mod cli;
+pub mod datagram;
 pub mod lifecycle;
 pub mod limits;
 pub mod logging;

@@ -30,6 +30,8 @@ struct Shared {
     served: AtomicU64,
     stop: Stop,
     relays: TaskTracker,
+    /// The datagram sockets' relay (idle when none were passed).
+    datagrams: crate::datagram::Datagrams,
 }
 
 impl Tracked for Arc<Shared> {
@@ -47,14 +49,26 @@ pub async fn run(
     stop: Stop,
 ) -> anyhow::Result<Outcome> {
     let backend = Backend::new(config.target.clone(), config.follow_backend);
+    let (datagram, sockets): (Vec<_>, Vec<_>) = sockets.into_iter().partition(|s| s.datagram);
+    let activity = Activity::new();
+    let datagram = datagram
+        .into_iter()
+        .map(|s| crate::datagram::Passed {
+            fd: s.fd,
+            number: s.number,
+        })
+        .collect();
+    let datagrams =
+        crate::datagram::start(&config, datagram, stop.clone(), activity.clone()).await?;
     let shared = Arc::new(Shared {
         limit: Arc::new(Semaphore::new(config.connections_max)),
         backend,
         config,
-        activity: Activity::new(),
+        activity,
         served: AtomicU64::new(0),
         stop: stop.clone(),
         relays: TaskTracker::new(),
+        datagrams,
     });
     let (listening, connected): (Vec<_>, Vec<_>) = sockets.into_iter().partition(|s| s.listening);
     let mut listeners = Vec::new();
@@ -72,12 +86,14 @@ pub async fn run(
     if !connected.is_empty() {
         let s = shared.clone();
         let clients: Vec<OwnedFd> = connected.into_iter().map(|c| c.fd).collect();
-        let only = listeners.is_empty();
+        let only = listeners.is_empty() && shared.datagrams.sockets().is_empty();
         tokio::spawn(async move { serve_passed_connections(s, clients, only).await });
     }
     notifier.send(&format!("READY=1\nSTATUS={}", status_text(&shared)));
     if let Some(idle) = shared.config.exit_idle_time {
-        tokio::spawn(idle_timer(shared.clone(), idle, listeners.clone()));
+        let mut watched = listeners.clone();
+        watched.extend(shared.datagrams.sockets().iter().cloned());
+        tokio::spawn(idle_timer(shared.clone(), idle, watched));
     }
     let notifier = Arc::new(notifier);
     tokio::spawn(status_updates(shared.clone(), notifier.clone()));
@@ -106,8 +122,11 @@ pub async fn run(
     shared.relays.close();
     let grace = shared.config.drain_timeout;
     let drained = tokio::select! {
-        r = tokio::time::timeout(grace, shared.relays.wait()) => r.is_ok(),
-        _ = stop.cut.cancelled() => shared.relays.is_empty(),
+        r = tokio::time::timeout(grace, async {
+            shared.relays.wait().await;
+            shared.datagrams.wait().await;
+        }) => r.is_ok(),
+        _ = stop.cut.cancelled() => shared.relays.is_empty() && shared.datagrams.is_idle(),
     };
     if !drained {
         if !stop.cut.is_cancelled() {
@@ -117,7 +136,11 @@ pub async fn run(
             );
         }
         stop.cut.cancel();
-        let _ = tokio::time::timeout(RESET_GRACE, shared.relays.wait()).await;
+        let _ = tokio::time::timeout(RESET_GRACE, async {
+            shared.relays.wait().await;
+            shared.datagrams.wait().await;
+        })
+        .await;
     }
     Ok(outcome)
 }
@@ -430,24 +453,33 @@ async fn serve_passed_connections(shared: Arc<Shared>, clients: Vec<OwnedFd>, on
 }
 
 /// Stops the daemon after `idle` with no activity, from start-up and whenever the count of
-/// connections drops to zero; never while clients wait in a listener's queue.
+/// connections drops to zero, and no datagram either way for `idle`; never while clients or
+/// datagrams wait in a passed socket.
 async fn idle_timer(shared: Arc<Shared>, idle: Duration, listeners: Vec<Arc<AsyncFd<OwnedFd>>>) {
     let mut active = shared.activity.subscribe();
-    loop {
+    'outer: loop {
         tokio::select! {
             _ = shared.stop.requested() => return,
             r = active.wait_for(|n| *n == 0) => if r.is_err() { return },
         }
-        tokio::select! {
-            _ = shared.stop.requested() => return,
-            _ = active.changed() => continue,
-            _ = tokio::time::sleep(idle) => {}
+        // Idle from now, or from the last datagram relayed, whichever is later.
+        let mut until = Instant::now() + idle;
+        loop {
+            tokio::select! {
+                _ = shared.stop.requested() => return,
+                _ = active.changed() => continue 'outer,
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
+            match shared.activity.last_datagram() {
+                Some(t) if t + idle > Instant::now() => until = t + idle,
+                _ => break,
+            }
         }
         if *active.borrow() == 0 && !any_queued(&listeners) {
             shared.stop.request(Outcome::Idle);
             return;
         }
-        // A client is queued but not yet picked up: look again shortly.
+        // A client or datagram is queued but not yet picked up: look again shortly.
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
@@ -476,7 +508,10 @@ fn status_text(shared: &Shared) -> String {
         ),
         Health::Down(e) => format!("backend {target} down: {e}"),
     };
-    format!("{active} active, {served} served; {backend}")
+    match shared.datagrams.status() {
+        Some(udp) => format!("{active} active, {served} served; {udp}; {backend}"),
+        None => format!("{active} active, {served} served; {backend}"),
+    }
 }
 
 /// Refreshes STATUS= when it changed, at most every [`STATUS_INTERVAL`].

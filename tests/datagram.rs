@@ -1,0 +1,383 @@
+//! Datagram sockets (ListenDatagram=) through the real binary, with real LISTEN_FDS.
+
+mod common;
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// A UDP port on 127.0.0.1 that nobody has bound (the kernel answers ICMP port unreachable).
+fn free_udp_port() -> SocketAddr {
+    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+    s.local_addr().unwrap()
+}
+
+/// Starts rsproxyd on a fresh UDP socket in front of `target`; returns its address.
+fn spawn_udp(target: &str, extra: &[&str], env: &[(&str, &str)]) -> (Proxy, SocketAddr) {
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    let mut args: Vec<&str> = extra.to_vec();
+    args.push(target);
+    (spawn_with_fds(vec![OwnedFd::from(sock)], &args, env), addr)
+}
+
+/// A client socket connected to `proxy`, with the test deadline as its read timeout.
+fn client(proxy: SocketAddr) -> UdpSocket {
+    let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+    c.connect(proxy).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    c
+}
+
+/// A UDP backend on `addr` that answers each datagram with `reply(datagram, sender)`.
+fn udp_backend(
+    sock: UdpSocket,
+    reply: impl Fn(&[u8], SocketAddr) -> Vec<u8> + Send + 'static,
+) -> thread::JoinHandle<()> {
+    thread::spawn(move || {
+        let mut buf = vec![0u8; 65536];
+        sock.set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            if sock.send_to(&reply(&buf[..n], from), from).is_err() {
+                return;
+            }
+        }
+    })
+}
+
+fn echo_udp(addr: SocketAddr) -> thread::JoinHandle<()> {
+    udp_backend(UdpSocket::bind(addr).unwrap(), |d, _| d.to_vec())
+}
+
+/// How many fds a process holds open.
+fn fd_count(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count()
+}
+
+/// The first datagram of a cold start, sent once, is answered by a backend that binds its
+/// port 300 ms later: it was kept and sent again, not lost.
+#[test]
+fn cold_backend_binding_300ms_later_answers_the_first_datagram() {
+    let backend = free_udp_port();
+    let (proxy, addr) = spawn_udp(&backend.to_string(), &[], &[("RUST_LOG", "debug")]);
+    let c = client(addr);
+    c.send(b"first").unwrap();
+    proxy.wait_stderr("probe sequence started");
+    thread::sleep(Duration::from_millis(300)); // the backend's start-up time
+    let _b = echo_udp(backend);
+    let mut buf = [0u8; 64];
+    let n = c.recv(&mut buf).expect("the first datagram was answered");
+    assert_eq!(&buf[..n], b"first");
+    let log = proxy.wait_stderr("probe sequence ended");
+    assert!(!log.contains("WARN"), "{log}");
+}
+
+/// 100 datagrams of sizes from 0 to 65,000 bytes arrive whole and unchanged, both ways.
+#[test]
+fn datagram_boundaries_are_exact() {
+    let backend = free_udp_port();
+    let _b = echo_udp(backend);
+    let (proxy, addr) = spawn_udp(&backend.to_string(), &[], &[]);
+    let c = client(addr);
+    let mut buf = vec![0u8; 70_000];
+    for i in 0..100usize {
+        let size = if i == 99 { 65_000 } else { i * 656 };
+        let data = pattern(size, i as u64);
+        c.send(&data).unwrap();
+        let n = c.recv(&mut buf).unwrap();
+        assert_eq!(n, size, "datagram {i}");
+        assert!(buf[..n] == data[..], "datagram {i} differs");
+    }
+    assert!(!proxy.stderr().contains("WARN"), "{}", proxy.stderr());
+}
+
+/// 20 clients each get their own backend source port, and only their own replies.
+#[test]
+fn twenty_clients_have_their_own_sessions() {
+    let backend = free_udp_port();
+    let _b = udp_backend(UdpSocket::bind(backend).unwrap(), |d, from| {
+        let mut r = d.to_vec();
+        r.extend_from_slice(format!(" via {}", from.port()).as_bytes());
+        r
+    });
+    let (_proxy, addr) = spawn_udp(&backend.to_string(), &[], &[]);
+    let clients: Vec<_> = (0..20)
+        .map(|i| {
+            thread::spawn(move || {
+                let c = client(addr);
+                let mut ports = HashSet::new();
+                for k in 0..5 {
+                    c.send(format!("client {i} #{k}").as_bytes()).unwrap();
+                }
+                let mut buf = [0u8; 128];
+                for _ in 0..5 {
+                    let n = c.recv(&mut buf).unwrap();
+                    let text = String::from_utf8_lossy(&buf[..n]).to_string();
+                    let (msg, port) = text.split_once(" via ").unwrap();
+                    assert!(msg.starts_with(&format!("client {i} #")), "{i} got {text}");
+                    ports.insert(port.to_string());
+                }
+                assert_eq!(ports.len(), 1, "client {i}: backend saw {ports:?}");
+                ports.into_iter().next().unwrap()
+            })
+        })
+        .collect();
+    let ports: HashSet<String> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    assert_eq!(ports.len(), 20, "backend source ports: {ports:?}");
+}
+
+/// With no datagram either way for --exit-idle-time, rsproxyd exits 0, although the
+/// session (--session-timeout 60s) is still open.
+#[test]
+fn idle_exit_with_a_quiet_session_open() {
+    let backend = free_udp_port();
+    let _b = echo_udp(backend);
+    let (mut proxy, addr) = spawn_udp(&backend.to_string(), &["--exit-idle-time=400ms"], &[]);
+    let c = client(addr);
+    let mut buf = [0u8; 16];
+    for _ in 0..3 {
+        c.send(b"x").unwrap();
+        assert_eq!(c.recv(&mut buf).unwrap(), 1);
+    }
+    let last = Instant::now();
+    let status = proxy
+        .wait_exit(DEADLINE)
+        .expect("rsproxyd did not idle-exit");
+    assert!(status.success(), "{status:?}: {}", proxy.stderr());
+    assert!(
+        last.elapsed() >= Duration::from_millis(400),
+        "exited {:?} after the last datagram",
+        last.elapsed()
+    );
+}
+
+/// On SIGTERM a datagram already forwarded still gets its reply, and a datagram sent after
+/// the stop is not read: it stays in the socket for the next instance.
+#[test]
+fn sigterm_relays_replies_and_leaves_unread_datagrams() {
+    let backend = free_udp_port();
+    let slow = UdpSocket::bind(backend).unwrap();
+    let _b = udp_backend(slow, |d, _| {
+        thread::sleep(Duration::from_millis(150)); // a reply that takes a while
+        d.to_vec()
+    });
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let addr = sock.local_addr().unwrap();
+    let kept = sock.try_clone().unwrap();
+    let mut proxy = spawn_with_fds(vec![OwnedFd::from(sock)], &[&backend.to_string()], &[]);
+    let c = client(addr);
+    let mut buf = [0u8; 16];
+    c.send(b"warm").unwrap();
+    assert_eq!(c.recv(&mut buf).unwrap(), 4);
+    c.send(b"asked").unwrap();
+    // Wait until rsproxyd has read it (the socket's queue is empty again), then stop it.
+    wait_for("the datagram to be read", || {
+        let mut p = [0u8; 1];
+        kept.set_nonblocking(true).unwrap();
+        matches!(kept.peek_from(&mut p), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            .then_some(())
+    });
+    proxy.signal(libc::SIGTERM);
+    let n = c.recv(&mut buf).expect("the reply came during the drain");
+    assert_eq!(&buf[..n], b"asked");
+    let status = proxy.wait_exit(DEADLINE).expect("rsproxyd did not exit");
+    assert!(status.success(), "{status:?}");
+    c.send(b"later").unwrap();
+    kept.set_nonblocking(false).unwrap();
+    kept.set_read_timeout(Some(DEADLINE)).unwrap();
+    let (n, _) = kept.recv_from(&mut buf).unwrap();
+    assert_eq!(
+        &buf[..n],
+        b"later",
+        "the unread datagram is still in the socket"
+    );
+}
+
+/// A backend that never binds: at --connect-timeout one warning names the backend, the error
+/// and the dropped datagrams; the sessions end and the fds return to the baseline.
+#[test]
+fn backend_that_never_binds_times_out_without_leaks() {
+    let backend = free_udp_port();
+    let target = backend.to_string();
+    let (mut proxy, addr) = spawn_udp(
+        &target,
+        &["--connect-timeout=300ms", "--session-timeout=200ms"],
+        &[],
+    );
+    // Baseline once the runtime is up: the first datagram waits for the socket.
+    let warm = client(addr);
+    wait_for("rsproxyd to start", || {
+        (std::fs::read_link(format!("/proc/{}/exe", proxy.pid()))
+            .map(|p| p.to_string_lossy().contains("rsproxyd"))
+            .unwrap_or(false)
+            && proxy.stderr().is_empty())
+        .then_some(())
+    });
+    thread::sleep(Duration::from_millis(100)); // let the runtime open its fds
+    let baseline = fd_count(proxy.pid());
+    let clients: Vec<UdpSocket> = (0..3).map(|_| client(addr)).collect();
+    for (i, c) in clients.iter().enumerate() {
+        c.send(format!("d{i}").as_bytes()).unwrap();
+    }
+    let log = proxy.wait_stderr("Failed to relay datagrams to remote host");
+    assert!(log.contains(&target), "{log}");
+    assert!(log.contains("Connection refused"), "{log}");
+    assert!(log.contains("dropped 3 datagram(s)"), "{log}");
+    assert_eq!(log.matches("Failed to relay").count(), 1, "{log}");
+    wait_for("the sessions' sockets to close", || {
+        (fd_count(proxy.pid()) <= baseline).then_some(())
+    });
+    assert!(proxy.is_running(), "rsproxyd exited after a timeout");
+    drop(warm);
+}
+
+/// A SOCK_SEQPACKET socket is refused with an error naming its fd, and rsproxyd exits 1.
+#[test]
+fn seqpacket_socket_is_refused() {
+    let sp = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None).unwrap();
+    let mut proxy = spawn_with_fds(vec![OwnedFd::from(sp)], &["127.0.0.1:9"], &[]);
+    let status = proxy.wait_exit(DEADLINE).expect("rsproxyd did not exit");
+    assert_eq!(status.code(), Some(1));
+    let err = proxy.stderr();
+    assert!(err.contains("passed fd 3 is a seqpacket"), "{err}");
+}
+
+/// -c bounds sessions: a datagram from a client beyond them is dropped with one warning,
+/// and the clients within keep being served.
+#[test]
+fn session_limit_drops_new_clients() {
+    let backend = free_udp_port();
+    let _b = echo_udp(backend);
+    let (proxy, addr) = spawn_udp(&backend.to_string(), &["-c", "2"], &[]);
+    let mut buf = [0u8; 16];
+    let held: Vec<UdpSocket> = (0..2).map(|_| client(addr)).collect();
+    for c in &held {
+        c.send(b"in").unwrap();
+        assert_eq!(c.recv(&mut buf).unwrap(), 2);
+    }
+    let third = client(addr);
+    third
+        .set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    third.send(b"out").unwrap();
+    third.send(b"out").unwrap();
+    assert!(third.recv(&mut buf).is_err(), "a third session was served");
+    let log = proxy.wait_stderr("dropped a datagram from new client");
+    assert_eq!(log.matches("dropped a datagram").count(), 1, "{log}");
+    held[0].send(b"again").unwrap();
+    assert_eq!(held[0].recv(&mut buf).unwrap(), 5);
+}
+
+/// A unix datagram TARGET that appears late gets the first datagram, and replies come back.
+#[test]
+fn unix_datagram_target_cold_start() {
+    let dir = std::env::temp_dir().join(format!("rsproxyd-dgram-{}", std::process::id()));
+    let _ = std::fs::remove_file(&dir);
+    let target = dir.to_string_lossy().to_string();
+    let (proxy, addr) = spawn_udp(&target, &[], &[("RUST_LOG", "debug")]);
+    let c = client(addr);
+    c.send(b"hello unix").unwrap();
+    proxy.wait_stderr("probe sequence started");
+    thread::sleep(Duration::from_millis(100)); // the backend's start-up time
+    let b = std::os::unix::net::UnixDatagram::bind(&dir).unwrap();
+    b.set_read_timeout(Some(DEADLINE)).unwrap();
+    let mut buf = [0u8; 64];
+    let (n, from) = b.recv_from(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"hello unix");
+    b.send_to_addr(b"reply", &from).unwrap();
+    let n = c.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"reply");
+    let _ = std::fs::remove_file(&dir);
+}
+
+/// A child process killed (by pid) when dropped.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A port free for both TCP and UDP on 127.0.0.1, with both sockets bound to it.
+fn tcp_and_udp_on_one_port() -> (TcpListener, UdpSocket) {
+    for _ in 0..100 {
+        let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if let Ok(t) = TcpListener::bind(("127.0.0.1", port)) {
+            return (t, u);
+        }
+    }
+    panic!("no port free for both TCP and UDP");
+}
+
+fn dig(port: u16, extra: &[&str]) -> String {
+    let out = Command::new("dig")
+        .args([
+            "@127.0.0.1",
+            "-p",
+            &port.to_string(),
+            "+short",
+            "+tries=1",
+            "+time=10",
+        ])
+        .args(extra)
+        .arg("example.test")
+        .arg("A")
+        .output()
+        .expect("run dig (bind9-dnsutils)");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// dnsmasq started late answers dig over UDP (the first query, sent once) and then over TCP,
+/// through one rsproxyd holding a stream and a datagram socket on the same port.
+#[test]
+fn dnsmasq_over_udp_and_tcp_through_one_proxy() {
+    let (tcp, udp) = tcp_and_udp_on_one_port();
+    let port = udp.local_addr().unwrap().port();
+    // dnsmasq's port: free for TCP and UDP, released just before dnsmasq binds it.
+    let (bt, bu) = tcp_and_udp_on_one_port();
+    let backend_port = bu.local_addr().unwrap().port();
+    drop((bt, bu));
+    let target = format!("127.0.0.1:{backend_port}");
+    let _proxy = spawn_with_fds(
+        vec![OwnedFd::from(tcp), OwnedFd::from(udp)],
+        &[&target],
+        &[],
+    );
+    let query = thread::spawn(move || dig(port, &[]));
+    thread::sleep(Duration::from_millis(300)); // dnsmasq's start-up time
+    let dir = std::env::temp_dir().join(format!("rsproxyd-dnsmasq-{}", std::process::id()));
+    let _dnsmasq = Daemon(
+        Command::new("dnsmasq")
+            .args([
+                "--no-daemon",
+                &format!("--port={backend_port}"),
+                "--listen-address=127.0.0.1",
+                "--bind-interfaces",
+                "--no-resolv",
+                "--no-hosts",
+                "--address=/example.test/127.0.0.42",
+                "-C",
+                "/dev/null",
+                &format!("--pid-file={}", dir.display()),
+                "--user=",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start dnsmasq (dnsmasq-base)"),
+    );
+    assert_eq!(query.join().unwrap(), "127.0.0.42", "dig over UDP");
+    assert_eq!(dig(port, &["+tcp"]), "127.0.0.42", "dig over TCP");
+    let _ = std::fs::remove_file(&dir);
+}
