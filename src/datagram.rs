@@ -248,6 +248,8 @@ struct Cold {
     ended_up: bool,
     /// Datagrams dropped over the bounds in this period.
     dropped: u64,
+    /// When the last period ended with the backend up.
+    up_since: Option<Instant>,
 }
 
 /// What every receive loop and session shares.
@@ -691,11 +693,21 @@ impl Relay {
 
     /// A send or receive on `s`'s backend socket was refused.
     fn refusal(&self, s: &Session, e: io::Error) -> Next {
-        {
+        let earliest = {
             let mut st = lock(&s.state);
             st.mode = Mode::Cold;
+            let earliest = st.held.iter().filter_map(|h| h.sent).min();
             for h in st.held.iter_mut() {
                 h.sent = None;
+            }
+            earliest
+        };
+        let up_since = lock(&self.cold).up_since;
+        if let (Some(sent), Some(up)) = (earliest, up_since) {
+            if sent < up {
+                // Refused before the backend came up, and noticed only now: send again.
+                self.flush(s);
+                return Next::Continue;
             }
         }
         if self.follow && self.seen_up.load(Ordering::Relaxed) {
@@ -772,6 +784,7 @@ impl Relay {
                         );
                     }
                     c.ended_up = true;
+                    c.up_since = Some(Instant::now());
                 }
                 self.seen_up.store(true, Ordering::Relaxed);
                 self.period.send_modify(|p| *p += 1);
@@ -862,6 +875,7 @@ impl Relay {
                     None => return Probed::Empty,
                 }
             };
+            let _ = SockRef::from(s.backend.get_ref()).take_error();
             let sent = self
                 .connect(s, index)
                 .and_then(|()| send(&s.backend, &data));
@@ -927,6 +941,9 @@ impl Relay {
     /// The backend is up again: sends what `s` kept, connected to the address that worked.
     fn flush(&self, s: &Session) {
         let good = self.good_addr.load(Ordering::Relaxed);
+        // An error still pending is the refusal of a datagram sent while the backend was
+        // cold, which is being sent again now.
+        let _ = SockRef::from(s.backend.get_ref()).take_error();
         let mut st = lock(&s.state);
         st.mode = if self.unix { Mode::Up } else { Mode::Fresh };
         if st.addr % self.address_count() != good % self.address_count() || self.unix {

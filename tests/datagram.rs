@@ -381,3 +381,88 @@ fn dnsmasq_over_udp_and_tcp_through_one_proxy() {
     assert_eq!(dig(port, &["+tcp"]), "127.0.0.42", "dig over TCP");
     let _ = std::fs::remove_file(&dir);
 }
+
+/// On a socket bound to a wildcard address, replies leave from the address each client wrote
+/// to (a connected client accepts nothing else), for IPv4 and for IPv4 on a dual-stack [::].
+#[test]
+fn replies_come_from_the_address_the_client_wrote_to() {
+    let backend = free_udp_port();
+    let _b = echo_udp(backend);
+    for bind in ["0.0.0.0:0", "[::]:0"] {
+        let sock = socket2::Socket::new(
+            if bind.starts_with('[') {
+                socket2::Domain::IPV6
+            } else {
+                socket2::Domain::IPV4
+            },
+            socket2::Type::DGRAM,
+            None,
+        )
+        .unwrap();
+        if bind.starts_with('[') {
+            sock.set_only_v6(false).unwrap();
+        }
+        sock.bind(&bind.parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        let port = sock.local_addr().unwrap().as_socket().unwrap().port();
+        let _proxy = spawn_with_fds(vec![OwnedFd::from(sock)], &[&backend.to_string()], &[]);
+        for dst in ["127.0.0.1", "127.0.0.3"] {
+            let c = client(format!("{dst}:{port}").parse().unwrap());
+            c.send(dst.as_bytes()).unwrap();
+            let mut buf = [0u8; 32];
+            let n = c
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("bound {bind}, sent to {dst}: {e}"));
+            assert_eq!(&buf[..n], dst.as_bytes());
+        }
+    }
+}
+
+/// Ten clients that write to a cold backend (three datagrams each) all get every datagram
+/// answered once it binds: what one probe found is sent on for every session.
+#[test]
+fn cold_start_keeps_the_datagrams_of_every_client() {
+    let backend = free_udp_port();
+    let (proxy, addr) = spawn_udp(&backend.to_string(), &[], &[("RUST_LOG", "debug")]);
+    let clients: Vec<UdpSocket> = (0..10).map(|_| client(addr)).collect();
+    for (i, c) in clients.iter().enumerate() {
+        for k in 0..3 {
+            c.send(format!("{i}/{k}").as_bytes()).unwrap();
+        }
+    }
+    proxy.wait_stderr("probe sequence started");
+    thread::sleep(Duration::from_millis(300)); // the backend's start-up time
+    let _b = echo_udp(backend);
+    for (i, c) in clients.iter().enumerate() {
+        let mut got: Vec<String> = (0..3)
+            .map(|_| {
+                let mut buf = [0u8; 16];
+                let n = c.recv(&mut buf).expect("every datagram answered");
+                String::from_utf8_lossy(&buf[..n]).to_string()
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![format!("{i}/0"), format!("{i}/1"), format!("{i}/2")]
+        );
+    }
+    let log = proxy.stderr();
+    assert_eq!(log.matches("probe sequence started").count(), 1, "{log}");
+}
+
+/// A host-name TARGET is resolved for datagrams, its addresses tried in order: `localhost`
+/// reaches a cold backend that binds 127.0.0.1 only, whichever address comes first.
+#[test]
+fn host_name_target_addresses_tried_in_order() {
+    let backend = free_udp_port();
+    let target = format!("localhost:{}", backend.port());
+    let (_proxy, addr) = spawn_udp(&target, &[], &[]);
+    let c = client(addr);
+    c.send(b"by name").unwrap();
+    thread::sleep(Duration::from_millis(100)); // the backend's start-up time
+    let _b = echo_udp(backend);
+    let mut buf = [0u8; 16];
+    let n = c.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"by name");
+}
