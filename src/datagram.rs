@@ -99,6 +99,10 @@ pub async fn start(
     relay.resolve().await;
     let mut fds = Vec::new();
     for Passed { fd, number } in sockets {
+        let unix = SockRef::from(&fd)
+            .domain()
+            .map_err(|e| anyhow::anyhow!("cannot set up datagram fd {number}: {e}"))?
+            == Domain::UNIX;
         let local = enable_pktinfo(&fd)
             .map_err(|e| anyhow::anyhow!("cannot set up datagram fd {number}: {e}"))?;
         let fd = Arc::new(
@@ -111,6 +115,7 @@ pub async fn start(
             number,
             pktinfo: local,
             sessions: Mutex::new(HashMap::new()),
+            unix,
         });
         relay.tracker.spawn(receive_loop(relay.clone(), listener));
     }
@@ -289,7 +294,9 @@ struct Listener {
     fd: Arc<AsyncFd<OwnedFd>>,
     number: RawFd,
     pktinfo: Pktinfo,
-    sessions: Mutex<HashMap<SockaddrStorage, Arc<Session>>>,
+    sessions: Mutex<HashMap<Client, Arc<Session>>>,
+    /// A unix datagram socket.
+    unix: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -333,7 +340,9 @@ struct State {
 
 /// One client of one datagram socket.
 struct Session {
-    client: SockaddrStorage,
+    client: Client,
+    /// The client's address, for messages.
+    name: String,
     listener: Arc<Listener>,
     backend: AsyncFd<OwnedFd>,
     /// The family of the backend socket (IPv4 addresses are v4-mapped on an IPv6 one).
@@ -341,6 +350,31 @@ struct Session {
     state: Mutex<State>,
     wake: Notify,
     started: Instant,
+}
+
+/// Where a datagram came from: the key of its session, and where replies go.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Client {
+    Inet(SocketAddr),
+    /// A unix datagram client (read with socket2: nix mishandles the length of a unix
+    /// address received by recvmsg into a SockaddrStorage).
+    Unix(SockAddr),
+}
+
+/// A client's address as text, for messages.
+fn describe(c: &Client) -> String {
+    match c {
+        Client::Inet(a) => a.to_string(),
+        Client::Unix(a) => {
+            if let Some(p) = a.as_pathname() {
+                p.display().to_string()
+            } else if let Some(n) = a.as_abstract_namespace() {
+                format!("@{}", String::from_utf8_lossy(n))
+            } else {
+                "unnamed unix client".into()
+            }
+        }
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -426,13 +460,7 @@ impl Relay {
     }
 
     /// The receive loop's part: a datagram from `from` on `l`.
-    fn incoming(
-        self: &Arc<Self>,
-        l: &Arc<Listener>,
-        from: SockaddrStorage,
-        local: Local,
-        data: &[u8],
-    ) {
+    fn incoming(self: &Arc<Self>, l: &Arc<Listener>, from: Client, local: Local, data: &[u8]) {
         self.activity.datagram();
         let mut map = lock(&l.sessions);
         let s = match map.get(&from) {
@@ -442,7 +470,8 @@ impl Relay {
                     self.dropped.fetch_add(1, Ordering::Relaxed);
                     if let Some(n) = lock(&self.over_limit).hit() {
                         tracing::warn!(
-                            "dropped a datagram from new client {from} on fd {}: {} sessions open, the most --connections-max allows{}",
+                            "dropped a datagram from new client {} on fd {}: {} sessions open, the most --connections-max allows{}",
+                            describe(&from),
                             l.number,
                             self.max_sessions,
                             previous(n)
@@ -450,7 +479,7 @@ impl Relay {
                     }
                     return;
                 }
-                match self.new_session(l, from) {
+                match self.new_session(l, from.clone()) {
                     Ok(s) => {
                         map.insert(from, s.clone());
                         s
@@ -459,7 +488,8 @@ impl Relay {
                         self.dropped.fetch_add(1, Ordering::Relaxed);
                         if let Some(n) = lock(&self.lost).hit() {
                             tracing::warn!(
-                                "dropped a datagram from {from}: cannot open a socket to {}: {e}{}",
+                                "dropped a datagram from {}: cannot open a socket to {}: {e}{}",
+                                describe(&from),
                                 self.target,
                                 previous(n)
                             );
@@ -479,7 +509,7 @@ impl Relay {
     fn new_session(
         self: &Arc<Self>,
         l: &Arc<Listener>,
-        client: SockaddrStorage,
+        client: Client,
     ) -> io::Result<Arc<Session>> {
         let domain = if self.unix {
             Domain::UNIX
@@ -500,6 +530,7 @@ impl Relay {
         let cold = lock(&self.cold).since.is_some();
         let addr = self.good_addr.load(Ordering::Relaxed);
         let s = Arc::new(Session {
+            name: describe(&client),
             client,
             listener: l.clone(),
             backend,
@@ -528,7 +559,7 @@ impl Relay {
         }
         self.sessions.fetch_add(1, Ordering::Relaxed);
         self.served.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(client = %s.client, backend = %self.target, fd = l.number, "session start");
+        tracing::debug!(client = %s.name, backend = %self.target, fd = l.number, "session start");
         self.tracker.spawn(run_session(self.clone(), s.clone()));
         Ok(s)
     }
@@ -558,13 +589,13 @@ impl Relay {
                 st.refused = Some(e);
                 s.wake.notify_one();
             }
-            Err(e) => self.lose(&e, &s.client),
+            Err(e) => self.lose(&e, &s.name),
         }
     }
 
     /// A datagram that could not be sent (the socket's buffer is full): counted, warned
     /// about once per burst.
-    fn lose(&self, e: &io::Error, client: &SockaddrStorage) {
+    fn lose(&self, e: &io::Error, client: &str) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
         if let Some(n) = lock(&self.lost).hit() {
             tracing::warn!(
@@ -640,7 +671,7 @@ impl Relay {
             )
             .map_err(io::Error::from);
             match r {
-                Ok(n) if n > buf.len() => self.truncated(n, &s.client, "the backend"),
+                Ok(n) if n > buf.len() => self.truncated(n, &s.name, "the backend"),
                 Ok(n) => {
                     let data = &buf[..n];
                     self.activity.datagram();
@@ -658,7 +689,7 @@ impl Relay {
                     let local = st.local;
                     drop(st);
                     if let Err(e) = send_to_client(&s.listener, &s.client, local, data) {
-                        tracing::debug!(client = %s.client, "reply not delivered: {e}");
+                        tracing::debug!(client = %s.name, "reply not delivered: {e}");
                     }
                     got = Replies::Replied;
                 }
@@ -672,7 +703,7 @@ impl Relay {
                     return;
                 }
                 Err(e) => {
-                    tracing::debug!(client = %s.client, backend = %self.target, "receive from the backend failed: {e}");
+                    tracing::debug!(client = %s.name, backend = %self.target, "receive from the backend failed: {e}");
                     guard.clear_ready();
                     return;
                 }
@@ -681,7 +712,7 @@ impl Relay {
         got
     }
 
-    fn truncated(&self, len: usize, from: &SockaddrStorage, side: &str) {
+    fn truncated(&self, len: usize, from: &str, side: &str) {
         self.dropped.fetch_add(1, Ordering::Relaxed);
         if let Some(n) = lock(&self.truncated).hit() {
             tracing::warn!(
@@ -970,7 +1001,7 @@ impl Relay {
                 }
                 Err(e) => {
                     st.held[i].sent = Some(now);
-                    self.lose(&e, &s.client);
+                    self.lose(&e, &s.name);
                 }
             }
         }
@@ -1049,7 +1080,16 @@ fn send(fd: &AsyncFd<OwnedFd>, data: &[u8]) -> io::Result<()> {
 }
 
 /// Sends a reply to the client through the listening socket, from the address it wrote to.
-fn send_to_client(l: &Listener, to: &SockaddrStorage, local: Local, data: &[u8]) -> io::Result<()> {
+fn send_to_client(l: &Listener, to: &Client, local: Local, data: &[u8]) -> io::Result<()> {
+    let to = match to {
+        Client::Inet(a) => SockaddrStorage::from(*a),
+        Client::Unix(a) => {
+            return SockRef::from(l.fd.get_ref())
+                .send_to_with_flags(data, a, libc::MSG_DONTWAIT)
+                .map(|_| ())
+        }
+    };
+    let to = &to;
     let fd = l.fd.get_ref().as_raw_fd();
     let iov = [IoSlice::new(data)];
     let flags = MsgFlags::MSG_DONTWAIT;
@@ -1091,16 +1131,29 @@ fn send_to_client(l: &Listener, to: &SockaddrStorage, local: Local, data: &[u8])
 /// One datagram read from a listening socket.
 struct Received {
     len: usize,
-    from: Option<SockaddrStorage>,
+    from: Option<Client>,
     local: Local,
 }
 
 fn receive(
-    fd: RawFd,
+    l: &Listener,
     buf: &mut [u8],
     cmsg: &mut Vec<u8>,
     pktinfo: Pktinfo,
 ) -> io::Result<Received> {
+    if l.unix {
+        // SAFETY: recv_from_with_flags only writes initialised bytes into the buffer, which
+        // is initialised already; viewing it as MaybeUninit<u8> loses nothing.
+        let uninit = unsafe { &mut *(buf as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+        let (len, from) = SockRef::from(l.fd.get_ref())
+            .recv_from_with_flags(uninit, libc::MSG_TRUNC | libc::MSG_DONTWAIT)?;
+        return Ok(Received {
+            len,
+            from: Some(Client::Unix(from)),
+            local: Local::None,
+        });
+    }
+    let fd = l.fd.get_ref().as_raw_fd();
     let mut iov = [IoSliceMut::new(buf)];
     let space = (pktinfo != Pktinfo::None).then_some(cmsg);
     let msg = recvmsg::<SockaddrStorage>(
@@ -1122,9 +1175,17 @@ fn receive(
             }
         }
     }
+    let from = msg.address.and_then(|a| {
+        if let Some(v4) = a.as_sockaddr_in() {
+            Some(Client::Inet(SocketAddr::V4((*v4).into())))
+        } else {
+            a.as_sockaddr_in6()
+                .map(|v6| Client::Inet(SocketAddr::V6((*v6).into())))
+        }
+    });
     Ok(Received {
         len: msg.bytes,
-        from: msg.address,
+        from,
         local,
     })
 }
@@ -1156,12 +1217,11 @@ async fn receive_loop(relay: Arc<Relay>, l: Arc<Listener>) {
             if stop.is_requested() {
                 return;
             }
-            let fd = l.fd.get_ref().as_raw_fd();
-            match guard.try_io(|_| receive(fd, &mut buf, &mut cmsg, l.pktinfo)) {
+            match guard.try_io(|_| receive(&l, &mut buf, &mut cmsg, l.pktinfo)) {
                 Ok(Ok(r)) => {
                     let Some(from) = r.from else { continue };
                     if r.len > buf.len() {
-                        relay.truncated(r.len, &from, "a client");
+                        relay.truncated(r.len, &describe(&from), "a client");
                         continue;
                     }
                     relay.incoming(&l, from, r.local, &buf[..r.len]);
@@ -1198,7 +1258,7 @@ async fn run_session(relay: Arc<Relay>, s: Arc<Session>) {
     }
     relay.sessions.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(
-        client = %s.client,
+        client = %s.name,
         backend = %relay.target,
         to_backend_bytes = stats.to_backend_bytes,
         to_backend_datagrams = stats.to_backend,
@@ -1254,7 +1314,7 @@ async fn session_loop(relay: &Relay, s: &Session) -> &'static str {
                         }
                     }
                     Err(e) => {
-                        tracing::debug!(client = %s.client, "backend socket failed: {e}");
+                        tracing::debug!(client = %s.name, "backend socket failed: {e}");
                         return "backend socket failed";
                     }
                 }

@@ -466,3 +466,34 @@ fn host_name_target_addresses_tried_in_order() {
     let n = c.recv(&mut buf).unwrap();
     assert_eq!(&buf[..n], b"by name");
 }
+
+/// A unix datagram socket is relayed too, and a datagram longer than the relay's buffer is
+/// dropped with a warning (MSG_TRUNC), never passed on cut short; the next one goes through.
+#[test]
+fn unix_listener_and_oversized_datagram() {
+    use std::os::unix::net::UnixDatagram;
+    let backend = free_udp_port();
+    let _b = echo_udp(backend);
+    let base = std::env::temp_dir().join(format!("rsproxyd-dgl-{}", std::process::id()));
+    let (listen, me) = (base.with_extension("l"), base.with_extension("c"));
+    let _ = std::fs::remove_file(&listen);
+    let _ = std::fs::remove_file(&me);
+    let sock = UnixDatagram::bind(&listen).unwrap();
+    let proxy = spawn_with_fds(
+        vec![OwnedFd::from(sock)],
+        &[&backend.to_string()],
+        &[("RUST_LOG", "debug")],
+    );
+    let c = UnixDatagram::bind(&me).unwrap();
+    c.connect(&listen).unwrap();
+    c.set_read_timeout(Some(DEADLINE)).unwrap();
+    c.send(&pattern(70_000, 1)).unwrap();
+    let log = proxy.wait_stderr("70000-byte datagram");
+    assert!(log.contains("cut short"), "{log}");
+    c.send(b"small").unwrap();
+    let mut buf = [0u8; 16];
+    let n = c.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"small");
+    let _ = std::fs::remove_file(&listen);
+    let _ = std::fs::remove_file(&me);
+}
