@@ -497,3 +497,54 @@ fn unix_listener_and_oversized_datagram() {
     let _ = std::fs::remove_file(&listen);
     let _ = std::fs::remove_file(&me);
 }
+
+/// STATUS= counts the sessions, and RUST_LOG=debug logs each session's start and its end
+/// with the client, the backend and the datagrams and bytes each way.
+#[test]
+fn status_counts_sessions_and_debug_logs_their_end() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = std::env::temp_dir().join(format!("rsproxyd-dgnotify-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let notify = UnixDatagram::bind(&path).unwrap();
+    notify.set_read_timeout(Some(DEADLINE)).unwrap();
+    let backend = free_udp_port();
+    let _b = echo_udp(backend);
+    let (proxy, addr) = spawn_udp(
+        &backend.to_string(),
+        &["--session-timeout=1s"],
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("RUST_LOG", "debug"),
+        ],
+    );
+    let c = client(addr);
+    c.send(b"12345").unwrap();
+    let mut buf = [0u8; 4096];
+    assert_eq!(c.recv(&mut buf).unwrap(), 5);
+    let client_addr = c.local_addr().unwrap().to_string();
+    // STATUS= is refreshed every second while something changed.
+    loop {
+        let n = notify.recv(&mut buf).expect("a STATUS= with the session");
+        let m = String::from_utf8_lossy(&buf[..n]).to_string();
+        if m.contains("1 UDP session(s), 1 served") {
+            break;
+        }
+    }
+    let log = proxy.wait_stderr("session end");
+    let end = log.lines().find(|l| l.contains("session end")).unwrap();
+    for want in [
+        format!("client={client_addr}"),
+        format!("backend={backend}"),
+        "to_backend_bytes=5".into(),
+        "to_backend_datagrams=1".into(),
+        "to_client_bytes=5".into(),
+        "to_client_datagrams=1".into(),
+        "duration_ms=".into(),
+    ] {
+        assert!(end.contains(&want), "{want} not in {end}");
+    }
+    assert!(log.contains("session start"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
