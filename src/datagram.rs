@@ -550,8 +550,10 @@ impl Relay {
             started: Instant::now(),
         });
         if cold {
-            // Join the cold period: send nothing until the probe says the backend is up.
+            // Join the cold period: send nothing until the probe says the backend is up
+            // (connected already where that can succeed, as UDP's connect does).
             lock(&s.state).mode = Mode::Cold;
+            let _ = self.connect(&s, addr);
         } else if let Err(e) = self.connect(&s, addr) {
             let mut st = lock(&s.state);
             st.mode = Mode::Cold;

@@ -418,8 +418,9 @@ fn replies_come_from_the_address_the_client_wrote_to() {
     }
 }
 
-/// Ten clients that write to a cold backend (three datagrams each) all get every datagram
-/// answered once it binds: what one probe found is sent on for every session.
+/// Ten clients that write to a cold backend (three datagrams each), and one more that comes
+/// during the cold period, all get every datagram answered once it binds, with one probe
+/// sequence: what one probe found is sent on for every session.
 #[test]
 fn cold_start_keeps_the_datagrams_of_every_client() {
     let backend = free_udp_port();
@@ -431,6 +432,12 @@ fn cold_start_keeps_the_datagrams_of_every_client() {
         }
     }
     proxy.wait_stderr("probe sequence started");
+    // A client that arrives during the cold period joins it.
+    let mut clients = clients;
+    clients.push(client(addr));
+    for k in 0..3 {
+        clients[10].send(format!("10/{k}").as_bytes()).unwrap();
+    }
     thread::sleep(Duration::from_millis(300)); // the backend's start-up time
     let _b = echo_udp(backend);
     for (i, c) in clients.iter().enumerate() {
