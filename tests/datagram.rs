@@ -80,7 +80,8 @@ fn cold_backend_binding_300ms_later_answers_the_first_datagram() {
     assert!(!log.contains("WARN"), "{log}");
 }
 
-/// 100 datagrams of sizes from 0 to 65,000 bytes arrive whole and unchanged, both ways.
+/// 100 datagrams of sizes from 0 to 65,000 bytes, and one of 65,507 (the IPv4 maximum),
+/// arrive whole and unchanged, both ways.
 #[test]
 fn datagram_boundaries_are_exact() {
     let backend = free_udp_port();
@@ -88,8 +89,13 @@ fn datagram_boundaries_are_exact() {
     let (proxy, addr) = spawn_udp(&backend.to_string(), &[], &[]);
     let c = client(addr);
     let mut buf = vec![0u8; 70_000];
-    for i in 0..100usize {
-        let size = if i == 99 { 65_000 } else { i * 656 };
+    // 100 sizes from 0 to 65,000, then the largest UDP payload over IPv4.
+    for i in 0..101usize {
+        let size = match i {
+            99 => 65_000,
+            100 => 65_507,
+            _ => i * 656,
+        };
         let data = pattern(size, i as u64);
         c.send(&data).unwrap();
         let n = c.recv(&mut buf).unwrap();
@@ -186,10 +192,17 @@ fn sigterm_relays_replies_and_leaves_unread_datagrams() {
             .then_some(())
     });
     proxy.signal(libc::SIGTERM);
+    let stopped = Instant::now();
     let n = c.recv(&mut buf).expect("the reply came during the drain");
     assert_eq!(&buf[..n], b"asked");
     let status = proxy.wait_exit(DEADLINE).expect("rsproxyd did not exit");
     assert!(status.success(), "{status:?}");
+    // The drain ended once replies stopped, long before --drain-timeout (30s).
+    assert!(
+        stopped.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        stopped.elapsed()
+    );
     c.send(b"later").unwrap();
     kept.set_nonblocking(false).unwrap();
     kept.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -554,4 +567,26 @@ fn status_counts_sessions_and_debug_logs_their_end() {
     }
     assert!(log.contains("session start"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With --follow-backend, a backend that never binds makes rsproxyd exit 0 at
+/// --connect-timeout, after the warning, so the next datagram starts the backend again.
+#[test]
+fn follow_backend_exits_when_the_backend_never_binds() {
+    let backend = free_udp_port();
+    let (mut proxy, addr) = spawn_udp(
+        &backend.to_string(),
+        &["--connect-timeout=300ms", "--follow-backend"],
+        &[],
+    );
+    let c = client(addr);
+    c.send(b"anyone?").unwrap();
+    let status = proxy.wait_exit(DEADLINE).expect("rsproxyd did not exit");
+    assert!(status.success(), "{status:?}");
+    let log = proxy.stderr();
+    assert!(
+        log.contains("Failed to relay datagrams to remote host"),
+        "{log}"
+    );
+    assert!(log.contains("exiting (--follow-backend)"), "{log}");
 }
