@@ -38,6 +38,16 @@ dig_timed() {
     echo "${out:--} $(ms "$t0" "$t1")"
 }
 
+# Problems `systemd-analyze verify` finds in the shipped DNS units (pristine copies, without
+# the suite's drop-ins), one line; empty when clean.
+udp_verify() {
+    local unit out
+    for unit in dns.socket dns.service dns-backend.service; do
+        out=$(box systemd-analyze verify "/usr/local/share/rsproxyd-e2e/$unit" 2>&1) || out="${out:-exit $?}"
+        [[ -z $out ]] || printf '%s: %s; ' "$unit" "${out//$'\n'/ | }"
+    done
+}
+
 # --- 17. cold UDP query -------------------------------------------------------------------
 check_udp_cold() {
     if ! is_state $DNS_SOCKET active || ! cold $DNS_PROXY $DNS_BACKEND; then
@@ -46,10 +56,12 @@ check_udp_cold() {
     fi
     local answer msecs
     read -r answer msecs <<<"$(dig_timed)"
-    if [[ $answer == "$DNS_ANSWER" ]] && is_state $DNS_PROXY active && is_state $DNS_BACKEND active; then
-        pass 17 "DNS over UDP, cold (socket only active): dig +tries=1 answered $answer (measured $msecs ms, dnsmasq and rsproxyd started by the query)"
+    local verify
+    verify=$(udp_verify)
+    if [[ $answer == "$DNS_ANSWER" && -z $verify ]] && is_state $DNS_PROXY active && is_state $DNS_BACKEND active; then
+        pass 17 "DNS over UDP, cold (socket only active): dig +tries=1 answered $answer (measured $msecs ms, dnsmasq and rsproxyd started by the query); systemd-analyze verify: dns.socket, dns.service, dns-backend.service clean"
     else
-        fail 17 "DNS over UDP, cold: dig +tries=1 got '$answer' after $msecs ms; proxy $(state $DNS_PROXY), dnsmasq $(state $DNS_BACKEND)"
+        fail 17 "DNS over UDP, cold: dig +tries=1 got '$answer' after $msecs ms; proxy $(state $DNS_PROXY), dnsmasq $(state $DNS_BACKEND); verify: ${verify:-clean}"
         dump $DNS_PROXY $DNS_BACKEND
     fi
 }
