@@ -68,6 +68,8 @@ install_missing() {
         [redis-benchmark]=redis-tools [nginx]=nginx-light [wrk]=wrk [ss]=iproute2
         [python3]=python3
     )
+    # the udp workload (benches/udp.sh)
+    ((UDP)) && provides+=([dnsperf]=dnsperf [socat]=socat [dnsmasq]=dnsmasq-base)
     for need in "${!provides[@]}"; do
         command -v "$need" >/dev/null 2>&1 || [[ -x /usr/sbin/$need ]] || pkgs+=("${provides[$need]}")
     done

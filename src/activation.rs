@@ -50,7 +50,7 @@ pub enum ActivationError {
     #[error("passed fd {0} is not a socket")]
     NotSocket(RawFd),
     #[error(
-        "passed fd {fd} is a {kind} socket; rsproxyd relays stream sockets (ListenStream=) and datagram sockets (ListenDatagram=) only"
+        "passed fd {fd} is a {kind} socket; rsproxyd relays stream sockets (ListenStream=) and datagram sockets (ListenDatagram=) only, not SOCK_SEQPACKET (ListenSequentialPacket=) or raw ones"
     )]
     NotStream { fd: RawFd, kind: String },
     #[error(
@@ -140,7 +140,7 @@ pub fn classify(fd: OwnedFd, number: RawFd) -> Result<Activated, ActivationError
         }
     } else if ty != Type::STREAM {
         let kind = match ty {
-            Type::SEQPACKET => "seqpacket (SOCK_SEQPACKET, ListenSequentialPacket=)".to_string(),
+            Type::SEQPACKET => "seqpacket".to_string(),
             Type::RAW => "raw".to_string(),
             other => format!("type {other:?}"),
         };
