@@ -108,13 +108,23 @@ fn datagram_boundaries_are_exact() {
 /// 20 clients each get their own backend source port, and only their own replies.
 #[test]
 fn twenty_clients_have_their_own_sessions() {
+    twenty_clients(&[]);
+}
+
+/// The same with two event-loop threads (sessions and receive loops on either).
+#[test]
+fn twenty_clients_with_two_threads() {
+    twenty_clients(&["--threads=2"]);
+}
+
+fn twenty_clients(extra: &[&str]) {
     let backend = free_udp_port();
     let _b = udp_backend(UdpSocket::bind(backend).unwrap(), |d, from| {
         let mut r = d.to_vec();
         r.extend_from_slice(format!(" via {}", from.port()).as_bytes());
         r
     });
-    let (_proxy, addr) = spawn_udp(&backend.to_string(), &[], &[]);
+    let (_proxy, addr) = spawn_udp(&backend.to_string(), extra, &[]);
     let clients: Vec<_> = (0..20)
         .map(|i| {
             thread::spawn(move || {
