@@ -650,6 +650,24 @@ impl Relay {
         }
     }
 
+    /// Forgets the held datagrams that were sent (the backend took them).
+    fn release_sent(&self, st: &mut State) {
+        let before = st.held.len();
+        let mut bytes = 0;
+        st.held.retain(|h| {
+            if h.sent.is_some() {
+                bytes += h.data.len();
+            }
+            h.sent.is_none()
+        });
+        self.held_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.held_count
+            .fetch_sub(before - st.held.len(), Ordering::Relaxed);
+        if st.held.is_empty() {
+            st.busy = None;
+        }
+    }
+
     /// Forgets the `n` oldest held datagrams (delivered or dropped).
     fn release(&self, st: &mut State, n: usize) {
         for _ in 0..n {
@@ -683,8 +701,7 @@ impl Relay {
                     st.stats.to_client_bytes += n as u64;
                     if st.mode == Mode::Fresh {
                         // The backend answered: everything sent so far was taken.
-                        let n = st.held.len();
-                        self.release(&mut st, n);
+                        self.release_sent(&mut st);
                         st.mode = Mode::Up;
                         self.seen_up.store(true, Ordering::Relaxed);
                     }
@@ -1020,13 +1037,15 @@ impl Relay {
             return;
         }
         let now = Instant::now();
-        let n = st
+        let passed = st
             .held
-            .iter()
-            .take_while(|h| h.sent.is_some_and(|t| now >= t + DATAGRAM_REFUSAL_GRACE))
-            .count();
-        self.release(&mut st, n);
-        if n > 0 {
+            .front()
+            .and_then(|h| h.sent)
+            .is_some_and(|t| now >= t + DATAGRAM_REFUSAL_GRACE);
+        if passed {
+            // The backend takes this client's datagrams: stop keeping copies, even of the
+            // ones still within the grace (a steady stream would otherwise never get there).
+            self.release_sent(&mut st);
             self.seen_up.store(true, Ordering::Relaxed);
         }
         if st.held.is_empty() {

@@ -600,3 +600,30 @@ fn follow_backend_exits_when_the_backend_never_binds() {
     );
     assert!(log.contains("exiting (--follow-backend)"), "{log}");
 }
+
+/// A backend that never answers (and sends no ICMP error, being bound) gets each datagram
+/// exactly once: with no error within the grace they count as delivered, nothing is sent
+/// twice, and the copies kept meanwhile do not keep rsproxyd from its idle exit.
+#[test]
+fn silent_backend_gets_each_datagram_once() {
+    let backend = UdpSocket::bind("127.0.0.1:0").unwrap();
+    backend
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let target = backend.local_addr().unwrap().to_string();
+    let (mut proxy, addr) = spawn_udp(&target, &["--exit-idle-time=300ms"], &[]);
+    let c = client(addr);
+    for i in 0..5u8 {
+        c.send(&[i]).unwrap();
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16];
+    while let Ok(n) = backend.recv(&mut buf) {
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(got, vec![0, 1, 2, 3, 4], "each datagram once, in order");
+    let status = proxy
+        .wait_exit(DEADLINE)
+        .expect("rsproxyd did not idle-exit");
+    assert!(status.success(), "{status:?}");
+}
