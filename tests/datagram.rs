@@ -627,3 +627,32 @@ fn silent_backend_gets_each_datagram_once() {
         .expect("rsproxyd did not idle-exit");
     assert!(status.success(), "{status:?}");
 }
+
+/// While the backend is cold a session keeps at most 64 datagrams: of 100 sent, the oldest
+/// 36 are dropped with one warning, and the backend gets the newest 64, in order.
+#[test]
+fn cold_start_bound_per_session_drops_the_oldest() {
+    let backend = free_udp_port();
+    let (proxy, addr) = spawn_udp(&backend.to_string(), &[], &[]);
+    let c = client(addr);
+    for i in 0..100u8 {
+        c.send(&[i]).unwrap();
+    }
+    let log = proxy.wait_stderr("dropping the oldest");
+    assert_eq!(log.matches("dropping the oldest").count(), 1, "{log}");
+    let b = UdpSocket::bind(backend).unwrap();
+    b.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16];
+    let deadline = Instant::now() + DEADLINE;
+    while got.len() < 64 && Instant::now() < deadline {
+        if let Ok((n, from)) = b.recv_from(&mut buf) {
+            got.extend_from_slice(&buf[..n]);
+            let _ = b.send_to(b"ok", from); // an answer ends the probe at once
+        }
+    }
+    assert_eq!(got, (36..100).collect::<Vec<u8>>());
+    b.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    assert!(b.recv(&mut buf).is_err(), "a datagram came twice");
+}
