@@ -653,6 +653,21 @@ fn cold_start_bound_per_session_drops_the_oldest() {
         }
     }
     assert_eq!(got, (36..100).collect::<Vec<u8>>());
-    b.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    b.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     assert!(b.recv(&mut buf).is_err(), "a datagram came twice");
+}
+
+/// An IPv6 TARGET gets datagrams from an IPv4 client and its replies come back.
+#[test]
+fn ipv6_target() {
+    let b = UdpSocket::bind("[::1]:0").expect("IPv6 loopback (::1)");
+    let backend = b.local_addr().unwrap();
+    let _b = udp_backend(b, |d, _| d.to_vec());
+    let (_proxy, addr) = spawn_udp(&backend.to_string(), &[], &[]);
+    let c = client(addr);
+    c.send(b"over v6").unwrap();
+    let mut buf = [0u8; 16];
+    let n = c.recv(&mut buf).unwrap();
+    assert_eq!(&buf[..n], b"over v6");
 }
