@@ -32,6 +32,9 @@
 #   new_conn    wrk, 50 clients, "Connection: close", nginx    connections/s
 #   cold_start  loadgen: backend binds 20-120 ms after the client arrives; delay from its
 #               bind to the first byte reaching it (rsproxyd vs ssp behind the seed's guard)
+#   udp         benches/udp.sh, after the rounds: dnsperf (50 clients, dnsmasq) and
+#               iperf3 -u through rsproxyd holding a TCP and a UDP socket, against direct and
+#               socat (ssp and HAProxy relay no UDP); its table is appended to results.md
 # then, once per proxy, loadgen rss: peak RSS (VmHWM) idle and with 1,000 open connections.
 set -euo pipefail
 
@@ -47,7 +50,11 @@ else
 fi
 PROXIES_SET=${PROXIES:-}
 read -r -a PROXIES <<<"${PROXIES:-direct rsproxyd ssp haproxy}"
-read -r -a WORKLOADS <<<"${BENCH_WORKLOADS:-bulk rr_1conn rr_50conn http_ka new_conn cold_start}"
+read -r -a WORKLOADS <<<"${BENCH_WORKLOADS:-bulk rr_1conn rr_50conn http_ka new_conn cold_start udp}"
+# udp runs on its own (benches/udp.sh), after the rounds
+UDP=0
+for i in "${!WORKLOADS[@]}"; do [[ ${WORKLOADS[$i]} == udp ]] && UDP=1 && unset 'WORKLOADS[i]'; done
+WORKLOADS=("${WORKLOADS[@]}")
 OUT=${OUT:-$ROOT/bench-results}
 SSP=/lib/systemd/systemd-socket-proxyd
 LOADGEN=$ROOT/target/bench-tools/loadgen
@@ -64,6 +71,8 @@ install_missing() {
         [redis-benchmark]=redis-tools [nginx]=nginx-light [wrk]=wrk [ss]=iproute2
         [python3]=python3
     )
+    # the udp workload (benches/udp.sh)
+    ((UDP)) && provides+=([dnsperf]=dnsperf [socat]=socat [dnsmasq]=dnsmasq-base)
     for need in "${!provides[@]}"; do
         command -v "$need" >/dev/null 2>&1 || [[ -x /usr/sbin/$need ]] || pkgs+=("${provides[$need]}")
     done
@@ -360,4 +369,13 @@ done
 } >"$OUT/machine.tsv"
 
 python3 benches/report.py "$OUT"
+if ((UDP)); then
+    log "udp: benches/udp.sh"
+    QUICK=$QUICK ROUNDS=$ROUNDS RSPROXYD_BIN=${RSPROXYD:-} bash benches/udp.sh "$OUT/udp" ||
+        log "udp: failed, see $OUT/udp/logs"
+    if [[ -s $OUT/udp/udp.md ]]; then
+        printf '\n### UDP (benches/udp.sh)\n\n' >>"$OUT/results.md"
+        cat "$OUT/udp/udp.md" >>"$OUT/results.md"
+    fi
+fi
 log "wrote $OUT/results.md and $OUT/chart.svg"

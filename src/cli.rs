@@ -6,8 +6,8 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::limits::{
-    DEFAULT_CONNECTIONS_MAX, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_THREADS,
-    MAX_THREADS,
+    DEFAULT_CONNECTIONS_MAX, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
+    DEFAULT_SESSION_TIMEOUT, DEFAULT_THREADS, MAX_THREADS,
 };
 use crate::number::parse_c_unsigned;
 use crate::proxy_header::Version;
@@ -30,7 +30,8 @@ use crate::target::Target;
                   Start rsproxyd from a .socket unit, or under systemd-socket-activate."
 )]
 pub struct Args {
-    /// Allow at most N relayed connections at once; others wait in the socket's queue
+    /// Allow at most N relayed connections at once; others wait in the socket's queue.
+    /// Datagram sockets: at most N client sessions; a new client beyond them is dropped
     #[arg(
         short = 'c',
         long = "connections-max",
@@ -39,7 +40,7 @@ pub struct Args {
     )]
     connections_max: Option<String>,
 
-    /// Exit after TIME without connections, counted from start-up too
+    /// Exit after TIME without connections or datagrams, counted from start-up too
     #[arg(long = "exit-idle-time", value_name = "TIME")]
     exit_idle_time: Option<String>,
 
@@ -55,6 +56,11 @@ pub struct Args {
     /// re-activates the proxy unit and, through Wants=, the backend
     #[arg(long = "follow-backend")]
     follow_backend: bool,
+
+    /// Datagram sockets: end a client's session after TIME with no datagram either way
+    /// (default 60s)
+    #[arg(long = "session-timeout", value_name = "TIME")]
+    session_timeout: Option<String>,
 
     /// Event-loop threads (1: a single thread, the most efficient per connection)
     #[arg(long = "threads", value_name = "N")]
@@ -80,6 +86,8 @@ pub struct Config {
     pub connect_timeout: Option<Duration>,
     pub drain_timeout: Duration,
     pub follow_backend: bool,
+    /// Datagram sessions end after this long with no datagram either way; `None` is infinity.
+    pub session_timeout: Option<Duration>,
     /// Event-loop threads.
     pub threads: usize,
     /// `--proxy-protocol`: the header version sent first to the backend, if any.
@@ -163,6 +171,11 @@ impl Args {
             Some(DEFAULT_DRAIN_TIMEOUT),
         )?
         .unwrap_or(Duration::MAX);
+        let session_timeout = parse_time_flag(
+            "session-timeout",
+            self.session_timeout,
+            Some(DEFAULT_SESSION_TIMEOUT),
+        )?;
         let threads = match self.threads {
             None => DEFAULT_THREADS,
             Some(v) => match v.trim().parse::<usize>() {
@@ -189,6 +202,7 @@ impl Args {
             connect_timeout,
             drain_timeout,
             follow_backend: self.follow_backend,
+            session_timeout,
             threads,
             proxy_protocol,
         })
@@ -307,6 +321,11 @@ mod tests {
         ] {
             assert_eq!(run(args).unwrap().proxy_protocol, Some(want), "{args:?}");
         }
+        assert_eq!(c.session_timeout, Some(DEFAULT_SESSION_TIMEOUT));
+        let c = run(&["--session-timeout=5s", "@x"]).unwrap();
+        assert_eq!(c.session_timeout, Some(Duration::from_secs(5)));
+        let c = run(&["--session-timeout=infinity", "@x"]).unwrap();
+        assert_eq!(c.session_timeout, None);
     }
 
     /// Bad command lines are refused with a message naming the flag or value.
@@ -361,6 +380,10 @@ mod tests {
             (
                 vec!["--drain-timeout=1e3", "a:1"],
                 "--drain-timeout= argument: 1e3",
+            ),
+            (
+                vec!["--session-timeout=1x", "a:1"],
+                "Failed to parse --session-timeout= argument: 1x",
             ),
             (vec!["--bogus", "a:1"], "--bogus"),
             (

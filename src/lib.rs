@@ -7,9 +7,13 @@
 //!   [`number`] reads whole numbers as systemd's safe_atou() does.
 //! - [`activation`]: the listening (or, with `Accept=yes`, connected) sockets from LISTEN_FDS.
 //! - [`notify`]: READY=1, STATUS=, STOPPING=1 and WATCHDOG=1 to systemd.
+//! - [`lifecycle`]: what the stream and datagram sides share: the stop trigger, the
+//!   outcome, the activity the idle timer watches.
 //! - [`server`]: accept loops that take a client only once a backend connection is held,
 //!   the exact connection limit, the idle timer and the drain on stop.
 //! - [`target`] and [`backend`]: where to connect, and the shared cold-start probe.
+//! - [`datagram`]: the datagram relay (`ListenDatagram=`): per-client sessions, replies from
+//!   the address the client wrote to, and a cold start that keeps refused datagrams.
 //! - [`proxy_header`]: the PROXY protocol v1/v2 header sent first on a relayed backend
 //!   connection (`--proxy-protocol`).
 //! - [`relay`] and [`splice`]: the per-connection pump, read/write for small messages and
@@ -28,7 +32,9 @@
 pub mod activation;
 pub mod backend;
 pub mod cli;
+pub mod datagram;
 pub mod generator;
+pub mod lifecycle;
 pub mod limits;
 pub mod logging;
 pub mod notify;

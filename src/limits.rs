@@ -98,6 +98,45 @@ pub const GENERATED_EXIT_IDLE_TIME: &str = "10min";
 /// (`TimeoutStopSec=`): 30 s drain + 15 s = the contrib units' 45 s.
 pub const GENERATED_STOP_MARGIN: Duration = Duration::from_secs(15);
 
+// --- Datagram sockets (ListenDatagram=, src/datagram.rs) -------------------------------------
+
+/// Default for `--session-timeout`: a datagram session with no datagram either way for this
+/// long ends (60 s, as Envoy's UDP proxy and rathole use).
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Receive buffer for one datagram: the largest UDP payload over IPv6 is 65,527 bytes (over
+/// IPv4 65,507), so every UDP datagram fits; a longer one (a unix datagram) is detected by
+/// MSG_TRUNC, counted and logged, never passed on cut short.
+pub const DATAGRAM_BUFFER: usize = 64 * 1024;
+
+/// A datagram sent to the backend with no ICMP error (ECONNREFUSED) within this long counts
+/// as delivered: a backend behind a filter that sends no ICMP at all must not stall anything.
+/// On loopback the error arrives within microseconds of the send.
+pub const DATAGRAM_REFUSAL_GRACE: Duration = Duration::from_millis(100);
+
+/// The slowest a cold-start probe datagram is resent: the kernel sends at most 1,000 ICMP
+/// errors a second (net.ipv4.icmp_msgs_per_sec), loopback included; probing at half that
+/// leaves room, so a refusal is not mistaken for a delivery because its ICMP was rate-limited.
+pub const DATAGRAM_PROBE_MIN_DELAY: Duration = Duration::from_millis(2);
+
+/// Datagrams one session keeps while its backend is cold; beyond that the oldest is dropped.
+pub const DATAGRAM_HELD_PER_SESSION: usize = 64;
+
+/// Bytes of datagrams all sessions together keep while the backend is cold.
+pub const DATAGRAM_HELD_BYTES: usize = 8 * 1024 * 1024;
+
+/// On stop, the datagram drain ends once no datagram has gone either way for this long: the
+/// replies to datagrams already forwarded have come by then (a local DNS answer takes
+/// milliseconds). `--drain-timeout` bounds it in any case.
+pub const DATAGRAM_REPLY_GRACE: Duration = Duration::from_millis(500);
+
+/// A burst of dropped datagrams ends after this long without a drop: the first drop of a burst
+/// is warned about, the rest only counted (and the count given in the next warning).
+pub const DATAGRAM_WARN_BURST: Duration = Duration::from_secs(10);
+
+/// Datagrams read from one listening socket per wake-up before other tasks get a turn.
+pub const DATAGRAM_RECV_BATCH: usize = 64;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,89 +2,24 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{accept4, SockFlag};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::activation::Activated;
 use crate::backend::{is_fd_exhaustion, Backend, ConnectError, Health};
 use crate::cli::Config;
+use crate::lifecycle::{Activity, Busy, Tracked};
 use crate::limits::{fd_backoff, RESET_GRACE, STATUS_INTERVAL};
 use crate::notify::Notifier;
 use crate::records::{BackendTimedOut, CloseReason, ConnectionEnded, Summary};
 
-/// Why the daemon stopped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// `--exit-idle-time` passed with no connection.
-    Idle,
-    /// SIGTERM or SIGINT (or the caller's own stop).
-    Stopped,
-    /// `--follow-backend`: the backend went away after it had been up.
-    BackendGone,
-    /// `--follow-backend`: the backend did not come up within `--connect-timeout`.
-    BackendTimedOut,
-    /// `Accept=yes`: the passed connection(s) were relayed.
-    Finished,
-    /// `Accept=yes`: the backend could not be reached for the passed connection.
-    ConnectFailed,
-}
-
-impl Outcome {
-    /// Exit status: 0 for orderly ends, 1 when a passed connection could not be served.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Outcome::ConnectFailed => 1,
-            _ => 0,
-        }
-    }
-}
-
-/// The stop trigger: one cancellation root and the first reason given.
-#[derive(Clone, Debug, Default)]
-pub struct Stop {
-    token: CancellationToken,
-    reason: Arc<OnceLock<Outcome>>,
-    /// Cut the relays still open (drain timeout or a second signal): they are reset, so no
-    /// client mistakes a cut transfer for a complete one.
-    cut: CancellationToken,
-}
-
-impl Stop {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Asks the daemon to stop; the first reason given wins.
-    pub fn request(&self, why: Outcome) {
-        let _ = self.reason.set(why);
-        self.token.cancel();
-    }
-
-    /// Stops at once: relays still open are reset rather than drained.
-    pub fn cut_now(&self) {
-        self.request(Outcome::Stopped);
-        self.cut.cancel();
-    }
-
-    pub fn is_requested(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
-    pub async fn requested(&self) {
-        self.token.cancelled().await
-    }
-
-    fn outcome(&self) -> Outcome {
-        self.reason.get().cloned().unwrap_or(Outcome::Stopped)
-    }
-}
+pub use crate::lifecycle::{Outcome, Stop};
 
 /// State shared by the accept loops and the relays.
 struct Shared {
@@ -92,7 +27,7 @@ struct Shared {
     backend: Backend,
     limit: Arc<Semaphore>,
     /// Connections being relayed, plus clients the accept loops are getting a backend for.
-    active: watch::Sender<usize>,
+    activity: Activity,
     served: AtomicU64,
     /// Bytes relayed by the connections that ended, each way, and the most relayed at once:
     /// the exit summary.
@@ -101,21 +36,13 @@ struct Shared {
     peak: AtomicUsize,
     stop: Stop,
     relays: TaskTracker,
+    /// The datagram sockets' relay (idle when none were passed).
+    datagrams: crate::datagram::Datagrams,
 }
 
-/// Counts one unit of activity for the idle timer while it lives.
-struct Busy(Arc<Shared>);
-
-impl Busy {
-    fn new(shared: &Arc<Shared>) -> Self {
-        shared.active.send_modify(|n| *n += 1);
-        Busy(shared.clone())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.active.send_modify(|n| *n -= 1);
+impl Tracked for Arc<Shared> {
+    fn activity(&self) -> &Activity {
+        &self.activity
     }
 }
 
@@ -128,17 +55,29 @@ pub async fn run(
     stop: Stop,
 ) -> anyhow::Result<Outcome> {
     let backend = Backend::new(config.target.clone(), config.follow_backend);
+    let (datagram, sockets): (Vec<_>, Vec<_>) = sockets.into_iter().partition(|s| s.datagram);
+    let activity = Activity::new();
+    let datagram = datagram
+        .into_iter()
+        .map(|s| crate::datagram::Passed {
+            fd: s.fd,
+            number: s.number,
+        })
+        .collect();
+    let datagrams =
+        crate::datagram::start(&config, datagram, stop.clone(), activity.clone()).await?;
     let shared = Arc::new(Shared {
         limit: Arc::new(Semaphore::new(config.connections_max)),
         backend,
         config,
-        active: watch::Sender::new(0),
+        activity,
         served: AtomicU64::new(0),
         to_backend: AtomicU64::new(0),
         to_client: AtomicU64::new(0),
         peak: AtomicUsize::new(0),
         stop: stop.clone(),
         relays: TaskTracker::new(),
+        datagrams,
     });
     let (listening, connected): (Vec<_>, Vec<_>) = sockets.into_iter().partition(|s| s.listening);
     let mut listeners = Vec::new();
@@ -156,12 +95,14 @@ pub async fn run(
     if !connected.is_empty() {
         let s = shared.clone();
         let clients: Vec<OwnedFd> = connected.into_iter().map(|c| c.fd).collect();
-        let only = listeners.is_empty();
+        let only = listeners.is_empty() && shared.datagrams.sockets().is_empty();
         tokio::spawn(async move { serve_passed_connections(s, clients, only).await });
     }
     notifier.send(&format!("READY=1\nSTATUS={}", status_text(&shared)));
     if let Some(idle) = shared.config.exit_idle_time {
-        tokio::spawn(idle_timer(shared.clone(), idle, listeners.clone()));
+        let mut watched = listeners.clone();
+        watched.extend(shared.datagrams.sockets().iter().cloned());
+        tokio::spawn(idle_timer(shared.clone(), idle, watched));
     }
     let notifier = Arc::new(notifier);
     tokio::spawn(status_updates(shared.clone(), notifier.clone()));
@@ -190,8 +131,11 @@ pub async fn run(
     shared.relays.close();
     let grace = shared.config.drain_timeout;
     let drained = tokio::select! {
-        r = tokio::time::timeout(grace, shared.relays.wait()) => r.is_ok(),
-        _ = stop.cut.cancelled() => shared.relays.is_empty(),
+        r = tokio::time::timeout(grace, async {
+            shared.relays.wait().await;
+            shared.datagrams.wait().await;
+        }) => r.is_ok(),
+        _ = stop.cut.cancelled() => shared.relays.is_empty() && shared.datagrams.is_idle(),
     };
     if !drained {
         if !stop.cut.is_cancelled() {
@@ -201,7 +145,11 @@ pub async fn run(
             );
         }
         stop.cut.cancel();
-        let _ = tokio::time::timeout(RESET_GRACE, shared.relays.wait()).await;
+        let _ = tokio::time::timeout(RESET_GRACE, async {
+            shared.relays.wait().await;
+            shared.datagrams.wait().await;
+        })
+        .await;
     }
     Summary {
         backend: shared.backend.target().to_string(),
@@ -567,24 +515,33 @@ async fn serve_passed_connections(shared: Arc<Shared>, clients: Vec<OwnedFd>, on
 }
 
 /// Stops the daemon after `idle` with no activity, from start-up and whenever the count of
-/// connections drops to zero; never while clients wait in a listener's queue.
+/// connections drops to zero, and no datagram either way for `idle`; never while clients or
+/// datagrams wait in a passed socket.
 async fn idle_timer(shared: Arc<Shared>, idle: Duration, listeners: Vec<Arc<AsyncFd<OwnedFd>>>) {
-    let mut active = shared.active.subscribe();
-    loop {
+    let mut active = shared.activity.subscribe();
+    'outer: loop {
         tokio::select! {
             _ = shared.stop.requested() => return,
             r = active.wait_for(|n| *n == 0) => if r.is_err() { return },
         }
-        tokio::select! {
-            _ = shared.stop.requested() => return,
-            _ = active.changed() => continue,
-            _ = tokio::time::sleep(idle) => {}
+        // Idle from now, or from the last datagram relayed, whichever is later.
+        let mut until = Instant::now() + idle;
+        loop {
+            tokio::select! {
+                _ = shared.stop.requested() => return,
+                _ = active.changed() => continue 'outer,
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
+            match shared.activity.last_datagram() {
+                Some(t) if t + idle > Instant::now() => until = t + idle,
+                _ => break,
+            }
         }
         if *active.borrow() == 0 && !any_queued(&listeners) {
             shared.stop.request(Outcome::Idle);
             return;
         }
-        // A client is queued but not yet picked up: look again shortly.
+        // A client or datagram is queued but not yet picked up: look again shortly.
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
@@ -613,7 +570,10 @@ fn status_text(shared: &Shared) -> String {
         ),
         Health::Down(e) => format!("backend {target} down: {e}"),
     };
-    format!("{active} active, {served} served; {backend}")
+    match shared.datagrams.status() {
+        Some(udp) => format!("{active} active, {served} served; {udp}; {backend}"),
+        None => format!("{active} active, {served} served; {backend}"),
+    }
 }
 
 /// Refreshes STATUS= when it changed, at most every [`STATUS_INTERVAL`].

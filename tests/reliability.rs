@@ -1332,17 +1332,18 @@ fn bad_input_table() {
             vec![SeqPacketListener],
             "fd 3 is a seqpacket socket",
         ),
+        // Datagram sockets are relayed (ListenDatagram=); the fd after one is still checked.
         env(
-            Some("1"),
+            Some("2"),
             ours.clone(),
-            vec![UnixDatagram],
-            "fd 3 is a datagram socket",
+            vec![UnixDatagram, DevNull],
+            "fd 4 is not a socket",
         ),
         env(
             Some("2"),
             ours.clone(),
-            vec![Listener, Udp],
-            "fd 4 is a datagram socket",
+            vec![Udp, SeqPacketListener],
+            "fd 4 is a seqpacket socket",
         ),
         env(
             Some("2"),

@@ -255,3 +255,70 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         })
         .collect()
 }
+
+/// Starts rsproxyd with `sockets` as fds 3, 4, ... and LISTEN_FDS set to their number (a
+/// stream and a datagram socket on one port, as a .socket unit with both passes them).
+pub fn spawn_with_fds(sockets: Vec<OwnedFd>, args: &[&str], env: &[(&str, &str)]) -> Proxy {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+        .arg(bin())
+        .args(args)
+        .env("LISTEN_FDS", sockets.len().to_string())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // Above every fd the child will be given, so that the dup2 calls below never overwrite a
+    // socket before it is moved.
+    let high: Vec<i32> = sockets
+        .iter()
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a socket we own; the copy is closed at exec.
+        .map(|s| unsafe { libc::fcntl(s.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) })
+        .collect();
+    assert!(
+        high.iter().all(|&fd| fd >= 100),
+        "cannot duplicate the sockets"
+    );
+    let moved = high.clone();
+    // SAFETY: only async-signal-safe calls (dup2) run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, &fd) in moved.iter().enumerate() {
+                if libc::dup2(fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().expect("spawn rsproxyd");
+    for fd in high {
+        // SAFETY: the duplicates made above; nothing else closes them.
+        unsafe { libc::close(fd) };
+    }
+    drop(sockets);
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let mut pipe = child.stderr.take().expect("stderr piped");
+    let sink = stderr.clone();
+    let reader = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    Proxy {
+        child,
+        stderr,
+        reader: Some(reader),
+    }
+}

@@ -173,7 +173,8 @@ check_contents() {
         "$UNIT_DIR/rsproxyd@.socket" "$UNIT_DIR/rsproxyd@.service" \
         /usr/share/doc/$PKG/copyright /usr/share/doc/$PKG/changelog.Debian.gz "$README" \
         "$DOC/example.socket" "$DOC/example.service" "$DOC/example-backend.service" \
-        "$DOC/example.conf" "$STAND_IN"; do
+        "$DOC/example.conf" "$STAND_IN" \
+        "$DOC/dns.socket" "$DOC/dns.service" "$DOC/dns-backend.service"; do
         grep -qxF "$want" <<<"$listed" || note "dpkg -L lacks $want"
         [[ -e $ROOT$want ]] || note "$want not on disk"
     done

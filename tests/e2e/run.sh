@@ -182,6 +182,11 @@ BIG_SHA=$(sha256sum <"$ROOT$BIG" | cut -d' ' -f1)
 . "$HERE/checks_proxy.sh"
 proxy_protocol_setup
 
+# The DNS example's units (checks 17-19, tests/e2e/checks_udp.sh).
+# shellcheck source=tests/e2e/checks_udp.sh
+. "$HERE/checks_udp.sh"
+udp_install
+
 # --- Boot ---------------------------------------------------------------------------------
 box_boot
 echo "# proxy: $PROXY_KIND" >&2
@@ -199,6 +204,7 @@ except OSError as e:
 echo "# IPAddressDeny= enforced in the box: $FIREWALL" >&2
 
 # Enable the sockets as an administrator would; nothing else is started.
+udp_enable
 box systemctl enable --now --quiet example.socket "rsproxyd@$INSTANCE.socket" ||
     die "systemctl enable --now example.socket rsproxyd@$INSTANCE.socket failed"
 
@@ -648,6 +654,9 @@ check_broken_backend;  watch_sockets 7
 check_sigterm_download; watch_sockets 8
 check_backend_flapping; watch_sockets 13
 check_template;        watch_sockets 9
+check_udp_cold;        watch_sockets 17
+check_udp_tcp;         watch_sockets 18
+check_udp_idle;        watch_sockets 19
 check_sockets
 check_control_bindsto
 check_verify
