@@ -57,6 +57,11 @@ pub async fn run(
     let backend = Backend::new(config.target.clone(), config.follow_backend);
     let (datagram, sockets): (Vec<_>, Vec<_>) = sockets.into_iter().partition(|s| s.datagram);
     let activity = Activity::new();
+    if config.proxy_protocol.is_some() && !datagram.is_empty() {
+        tracing::warn!(
+            "--proxy-protocol applies to stream connections only: datagrams are relayed without a header"
+        );
+    }
     let datagram = datagram
         .into_iter()
         .map(|s| crate::datagram::Passed {
