@@ -36,6 +36,7 @@ use crate::limits::{
     DATAGRAM_PROBE_MIN_DELAY, DATAGRAM_RECV_BATCH, DATAGRAM_REFUSAL_GRACE, DATAGRAM_REPLY_GRACE,
     DATAGRAM_WARN_BURST, PROBE_RESOLVE_EVERY,
 };
+use crate::records::{CloseReason, ConnectionEnded};
 use crate::target::Target;
 
 thread_local! {
@@ -1278,17 +1279,40 @@ async fn run_session(relay: Arc<Relay>, s: Arc<Session>) {
         relay.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
     }
     relay.sessions.fetch_sub(1, Ordering::Relaxed);
-    tracing::debug!(
-        client = %s.name,
-        backend = %relay.target,
-        to_backend_bytes = stats.to_backend_bytes,
-        to_backend_datagrams = stats.to_backend,
-        to_client_bytes = stats.to_client_bytes,
-        to_client_datagrams = stats.to_client,
-        duration_ms = s.started.elapsed().as_millis() as u64,
-        dropped,
-        "session end: {why}"
-    );
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        // The same record, with the same journal fields, as a TCP connection's end.
+        ConnectionEnded {
+            client: s.name.clone(),
+            backend: relay.target.to_string(),
+            bytes_to_backend: stats.to_backend_bytes,
+            bytes_to_client: stats.to_client_bytes,
+            duration: s.started.elapsed(),
+            close: session_close_reason(why),
+        }
+        .log();
+        tracing::debug!(
+            client = %s.name,
+            backend = %relay.target,
+            to_backend_bytes = stats.to_backend_bytes,
+            to_backend_datagrams = stats.to_backend,
+            to_client_bytes = stats.to_client_bytes,
+            to_client_datagrams = stats.to_client,
+            duration_ms = s.started.elapsed().as_millis() as u64,
+            dropped,
+            "session end: {why}"
+        );
+    }
+}
+
+/// The `CLOSE=` value of a session that ended for `why` (a reason from [`session_loop`] or
+/// [`Relay::refusal`]).
+fn session_close_reason(why: &str) -> CloseReason {
+    match why {
+        "session timeout" => CloseReason::Timeout,
+        "drained" => CloseReason::Eof,
+        "cut by the stop" => CloseReason::DrainCut,
+        _ => CloseReason::Error,
+    }
 }
 
 async fn session_loop(relay: &Relay, s: &Session) -> &'static str {

@@ -576,6 +576,16 @@ fn status_counts_sessions_and_debug_logs_their_end() {
         assert!(end.contains(&want), "{want} not in {end}");
     }
     assert!(log.contains("session start"), "{log}");
+    // The journal record of a TCP connection's end, for the session too (CLOSE= and the bytes).
+    let record = format!("{client_addr} <-> {backend} closed (");
+    let record = log
+        .lines()
+        .find(|l| l.contains(&record))
+        .unwrap_or_else(|| panic!("no connection-ended record for the session in {log}"));
+    assert!(
+        record.contains("5 bytes to the backend, 5 to the client"),
+        "{record}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
