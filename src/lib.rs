@@ -11,7 +11,10 @@
 //!   the exact connection limit, the idle timer and the drain on stop.
 //! - [`target`] and [`backend`]: where to connect, and the shared cold-start probe.
 //! - [`relay`] and [`splice`]: the per-connection pump, read/write for small messages and
-//!   splice(2) for bulk, with half-close passed through.
+//!   splice(2) for bulk, with half-close passed through, the idle and half-close timeouts,
+//!   and why each relay ended.
+//! - [`keepalive`]: TCP keepalive on the listening sockets (inherited by clients), so a
+//!   vanished client is reset; the .socket unit's own settings win.
 //! - [`logging`]: tracing to stderr, with journald priorities.
 //! - [`limits`]: every timeout, schedule and size, in one place; [`tuning`] lets a
 //!   benchmark build (feature `tuning`) vary the relay's.
@@ -19,6 +22,7 @@
 pub mod activation;
 pub mod backend;
 pub mod cli;
+pub mod keepalive;
 pub mod limits;
 pub mod logging;
 pub mod notify;

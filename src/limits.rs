@@ -81,6 +81,38 @@ pub fn fd_backoff(n: u32) -> Duration {
         .min(FD_BACKOFF_MAX)
 }
 
+// --- Timeouts (issue 15): dead peers, silent connections, the -c queue -----------------
+
+/// TCP keepalive idle time rsproxyd sets when the .socket unit set no keepalive: a silent
+/// connection is probed after a minute (the kernel's own default is two hours).
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+/// Interval between unanswered keepalive probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Unanswered probes before the kernel resets the connection: a vanished peer is noticed
+/// within [`KEEPALIVE_IDLE`] + 6 x [`KEEPALIVE_INTERVAL`] = 2 minutes.
+pub const KEEPALIVE_PROBES: u32 = 6;
+
+/// Where the kernel keeps its keepalive defaults, which a socket has until someone sets its
+/// own (a .socket unit's KeepAliveTimeSec=, KeepAliveIntervalSec=, KeepAliveProbes=).
+pub const KERNEL_KEEPALIVE_SYSCTLS: [&str; 3] = [
+    "/proc/sys/net/ipv4/tcp_keepalive_time",
+    "/proc/sys/net/ipv4/tcp_keepalive_intvl",
+    "/proc/sys/net/ipv4/tcp_keepalive_probes",
+];
+
+/// Default for `--connection-idle-timeout` and `--half-close-timeout`: none, as
+/// systemd-socket-proxyd (a relay may stay silent forever).
+pub const DEFAULT_CONNECTION_IDLE_TIMEOUT: Option<Duration> = None;
+
+/// While clients wait for a `-c` slot, how many times per `--queue-timeout` the accept
+/// queue is looked at: a queued client is closed at most this fraction late.
+pub const QUEUE_CHECKS_PER_TIMEOUT: u32 = 8;
+
+/// The shortest pause between two such looks.
+pub const QUEUE_CHECK_MIN: Duration = Duration::from_millis(10);
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,6 +4,8 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{shutdown, Shutdown};
 use tokio::io::unix::AsyncFd;
@@ -16,29 +18,219 @@ thread_local! {
     static BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; copy_buffer()]);
 }
 
-/// Bytes moved in each direction of a finished relay.
+/// Bytes moved in each direction of a finished relay, and why it ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Moved {
     pub to_backend: u64,
     pub to_client: u64,
+    /// [`CloseReason::Closed`], [`CloseReason::IdleTimeout`] or
+    /// [`CloseReason::HalfCloseTimeout`]: the ends without an error.
+    pub reason: CloseReason,
 }
 
-/// Relays between `client` and `backend` until both directions have seen EOF, or one side
-/// fails. EOF from one side becomes shutdown(SHUT_WR) on the other once its data is
-/// delivered; on an error both sockets are reset so neither peer waits for more.
-pub async fn relay(client: &AsyncFd<OwnedFd>, backend: &AsyncFd<OwnedFd>) -> io::Result<Moved> {
-    let result = tokio::try_join!(pump(client, backend), pump(backend, client));
-    match result {
-        Ok((to_backend, to_client)) => Ok(Moved {
-            to_backend,
-            to_client,
-        }),
-        Err(e) => {
-            reset(client);
-            reset(backend);
-            Err(e)
+/// Why a relay ended; [`CloseReason::as_str`] is the value for logs and journal fields
+/// (`CLOSE=`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum CloseReason {
+    /// Both sides sent their FIN.
+    #[default]
+    Closed,
+    /// A peer reset the connection (ECONNRESET, EPIPE).
+    Reset,
+    /// A peer stopped answering: TCP keepalive probes (or retransmissions) went unanswered
+    /// and the kernel gave up on the connection (ETIMEDOUT).
+    Keepalive,
+    /// `--connection-idle-timeout`: no byte moved either way for that long.
+    IdleTimeout,
+    /// `--half-close-timeout`: one side had sent its FIN, and no byte moved for that long.
+    HalfCloseTimeout,
+    /// Cut by the stop (drain timeout or a second signal).
+    Cut,
+    /// Any other error.
+    Error,
+}
+
+impl CloseReason {
+    /// The reason of a relay's result (a cut is known only to the caller).
+    pub fn of(result: &io::Result<Moved>) -> Self {
+        match result {
+            Ok(m) => m.reason,
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ECONNRESET) | Some(libc::EPIPE) => CloseReason::Reset,
+                Some(libc::ETIMEDOUT) => CloseReason::Keepalive,
+                _ => CloseReason::Error,
+            },
         }
     }
+
+    /// A short lower-case name: `closed`, `reset`, `keepalive`, `idle-timeout`,
+    /// `half-close-timeout`, `cut`, `error`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            CloseReason::Closed => "closed",
+            CloseReason::Reset => "reset",
+            CloseReason::Keepalive => "keepalive",
+            CloseReason::IdleTimeout => "idle-timeout",
+            CloseReason::HalfCloseTimeout => "half-close-timeout",
+            CloseReason::Cut => "cut",
+            CloseReason::Error => "error",
+        }
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The relay's silence limits (`None`: none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `--connection-idle-timeout`.
+    pub idle: Option<Duration>,
+    /// `--half-close-timeout`.
+    pub half_close: Option<Duration>,
+}
+
+/// When the relay last moved a byte, and how many each way: kept only while a timeout is
+/// set. Updated per read or write with a clock read (vDSO, no system call) and relaxed
+/// atomic stores; the relay's one timer looks at it only when it fires.
+struct Activity {
+    on: bool,
+    start: Instant,
+    /// Milliseconds from `start` to the last byte moved (or FIN passed on).
+    last_ms: AtomicU64,
+    moved: [AtomicU64; 2],
+}
+
+impl Activity {
+    fn new(on: bool) -> Self {
+        Self {
+            on,
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            moved: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
+
+    /// Notes that `n` bytes moved in direction `dir` (0: to the backend) just now.
+    #[inline]
+    fn touch(&self, dir: usize, n: usize) {
+        if self.on {
+            let ms = self.start.elapsed().as_millis() as u64;
+            self.last_ms.store(ms, Ordering::Relaxed);
+            self.moved[dir].fetch_add(n as u64, Ordering::Relaxed);
+        }
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Relays between `client` and `backend` until both directions have seen EOF, one side
+/// fails, or a timeout in `limits` passes. EOF from one side becomes shutdown(SHUT_WR) on
+/// the other once its data is delivered; on an error both sockets are reset so neither
+/// peer waits for more; at a timeout both are shut down for writing (each peer sees a FIN,
+/// a normal close). The timeouts cost one timer per relay, armed only when one is set and
+/// re-armed when it fires (not per message).
+pub async fn relay(
+    client: &AsyncFd<OwnedFd>,
+    backend: &AsyncFd<OwnedFd>,
+    limits: Timeouts,
+) -> io::Result<Moved> {
+    if limits.idle.is_none() && limits.half_close.is_none() {
+        let off = Activity::new(false);
+        return match tokio::try_join!(
+            pump(client, backend, &off, 0),
+            pump(backend, client, &off, 1)
+        ) {
+            Ok((to_backend, to_client)) => Ok(Moved {
+                to_backend,
+                to_client,
+                reason: CloseReason::Closed,
+            }),
+            Err(e) => {
+                reset(client);
+                reset(backend);
+                Err(e)
+            }
+        };
+    }
+    let act = Activity::new(true);
+    let up = pump(client, backend, &act, 0);
+    let down = pump(backend, client, &act, 1);
+    tokio::pin!(up, down);
+    let (mut to_backend, mut to_client) = (None, None);
+    let mut half_closed = false;
+    let deadline = |half_closed: bool| -> Option<Instant> {
+        let limit = match (limits.idle, limits.half_close.filter(|_| half_closed)) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        Some(act.last() + limit)
+    };
+    let far = Instant::now() + Duration::from_secs(86400 * 365);
+    let timer = tokio::time::sleep_until(deadline(false).unwrap_or(far).into());
+    tokio::pin!(timer);
+    let result = loop {
+        tokio::select! {
+            r = &mut up, if to_backend.is_none() => match r {
+                Ok(n) => to_backend = Some(n),
+                Err(e) => break Err(e),
+            },
+            r = &mut down, if to_client.is_none() => match r {
+                Ok(n) => to_client = Some(n),
+                Err(e) => break Err(e),
+            },
+            _ = &mut timer => {
+                let Some(at) = deadline(half_closed) else {
+                    timer.as_mut().reset(far.into());
+                    continue;
+                };
+                if Instant::now() < at {
+                    timer.as_mut().reset(at.into());
+                    continue;
+                }
+                let reason = if half_closed && limits.half_close.is_some() {
+                    CloseReason::HalfCloseTimeout
+                } else {
+                    CloseReason::IdleTimeout
+                };
+                for fd in [client, backend] {
+                    let _ = shutdown(fd.get_ref().as_raw_fd(), Shutdown::Write);
+                }
+                break Ok(Moved {
+                    to_backend: act.moved[0].load(Ordering::Relaxed),
+                    to_client: act.moved[1].load(Ordering::Relaxed),
+                    reason,
+                });
+            }
+        }
+        match (to_backend, to_client) {
+            (Some(a), Some(b)) => {
+                break Ok(Moved {
+                    to_backend: a,
+                    to_client: b,
+                    reason: CloseReason::Closed,
+                })
+            }
+            _ if !half_closed => {
+                // The first FIN: from now on the half-close timeout counts too.
+                half_closed = true;
+                if let Some(at) = deadline(true) {
+                    timer.as_mut().reset(at.into());
+                }
+            }
+            _ => {}
+        }
+    };
+    if result.is_err() {
+        reset(client);
+        reset(backend);
+    }
+    result
 }
 
 /// Makes closing `fd` send a reset instead of a FIN, so the peer sees the failure.
@@ -59,7 +251,13 @@ enum Step {
 /// Copies `src` to `dst` until EOF, then shuts down `dst` for writing. Starts with plain
 /// read/write (cheapest for small messages) and switches to splice once a read fills the
 /// buffer, i.e. once the direction carries bulk data.
-async fn pump(src: &AsyncFd<OwnedFd>, dst: &AsyncFd<OwnedFd>) -> io::Result<u64> {
+/// `act` notes each byte moved, as direction `dir` (0: to the backend).
+async fn pump(
+    src: &AsyncFd<OwnedFd>,
+    dst: &AsyncFd<OwnedFd>,
+    act: &Activity,
+    dir: usize,
+) -> io::Result<u64> {
     let mut total = 0u64;
     let mut spill: Vec<u8> = Vec::new();
     let mode = relay_mode();
@@ -87,12 +285,16 @@ async fn pump(src: &AsyncFd<OwnedFd>, dst: &AsyncFd<OwnedFd>) -> io::Result<u64>
             if n == 0 {
                 break;
             }
+            act.touch(dir, n);
             let mut left = n;
             while left > 0 {
                 match on_writable(dst, |_| p.drain(dst.get_ref(), left)).await {
-                    Ok(m) => left -= m,
+                    Ok(m) => {
+                        left -= m;
+                        act.touch(dir, 0);
+                    }
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                        drain_pipe_by_copy(p, left, dst).await?;
+                        drain_pipe_by_copy(p, left, dst, act, dir).await?;
                         left = 0;
                         splice_ok = false;
                     }
@@ -116,8 +318,9 @@ async fn pump(src: &AsyncFd<OwnedFd>, dst: &AsyncFd<OwnedFd>) -> io::Result<u64>
             Step::Eof => break,
             Step::Data { n, full } => {
                 total += n as u64;
+                act.touch(dir, n);
                 if !spill.is_empty() {
-                    flush(dst, &mut spill).await?;
+                    flush(dst, &mut spill, act, dir).await?;
                 }
                 if full && splice_ok {
                     match Pipe::new() {
@@ -131,6 +334,8 @@ async fn pump(src: &AsyncFd<OwnedFd>, dst: &AsyncFd<OwnedFd>) -> io::Result<u64>
             }
         }
     }
+    // The FIN passed on counts as activity: the half-close timeout runs from it.
+    act.touch(dir, 0);
     match shutdown(dst.get_ref().as_raw_fd(), Shutdown::Write) {
         Ok(()) | Err(nix::errno::Errno::ENOTCONN) => Ok(total),
         Err(e) => Err(e.into()),
@@ -164,13 +369,19 @@ fn copy_once(src: &OwnedFd, dst: &OwnedFd, spill: &mut Vec<u8>) -> io::Result<St
 }
 
 /// Writes all of `spill` to `dst`, waiting for room, and frees it.
-async fn flush(dst: &AsyncFd<OwnedFd>, spill: &mut Vec<u8>) -> io::Result<()> {
+async fn flush(
+    dst: &AsyncFd<OwnedFd>,
+    spill: &mut Vec<u8>,
+    act: &Activity,
+    dir: usize,
+) -> io::Result<()> {
     let mut off = 0;
     while off < spill.len() {
         off += on_writable(dst, |fd| {
             retry_eintr(|| nix::unistd::write(fd, &spill[off..]))
         })
         .await?;
+        act.touch(dir, 0);
     }
     *spill = Vec::new();
     Ok(())
@@ -181,13 +392,15 @@ async fn drain_pipe_by_copy(
     pipe: &Pipe,
     mut left: usize,
     dst: &AsyncFd<OwnedFd>,
+    act: &Activity,
+    dir: usize,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; left.min(crate::limits::COPY_BUFFER)];
     while left > 0 {
         let want = left.min(buf.len());
         let n = pipe.read_into(&mut buf[..want])?;
         let mut chunk = buf[..n].to_vec();
-        flush(dst, &mut chunk).await?;
+        flush(dst, &mut chunk, act, dir).await?;
         left -= n;
     }
     Ok(())

@@ -15,8 +15,11 @@ use tracing::Instrument;
 use crate::activation::Activated;
 use crate::backend::{is_fd_exhaustion, Backend, ConnectError, Health};
 use crate::cli::Config;
-use crate::limits::{fd_backoff, RESET_GRACE, STATUS_INTERVAL};
+use crate::limits::{
+    fd_backoff, QUEUE_CHECKS_PER_TIMEOUT, QUEUE_CHECK_MIN, RESET_GRACE, STATUS_INTERVAL,
+};
 use crate::notify::Notifier;
+use crate::relay::CloseReason;
 
 /// Why the daemon stopped.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -95,6 +98,8 @@ struct Shared {
     served: AtomicU64,
     stop: Stop,
     relays: TaskTracker,
+    /// Relays ended by keepalive, the idle timeout and the half-close timeout, for STATUS=.
+    timed_out: [AtomicU64; 3],
 }
 
 /// Counts one unit of activity for the idle timer while it lives.
@@ -130,11 +135,17 @@ pub async fn run(
         served: AtomicU64::new(0),
         stop: stop.clone(),
         relays: TaskTracker::new(),
+        timed_out: Default::default(),
     });
     let (listening, connected): (Vec<_>, Vec<_>) = sockets.into_iter().partition(|s| s.listening);
     let mut listeners = Vec::new();
     let mut loops = tokio::task::JoinSet::new();
     for sock in listening {
+        use std::os::fd::AsFd;
+        match crate::keepalive::prepare_listener(sock.fd.as_fd(), shared.config.keepalive) {
+            Ok(d) => tracing::debug!("fd {}: TCP keepalive: {d:?}", sock.number),
+            Err(e) => tracing::warn!("fd {}: cannot set TCP keepalive: {e}", sock.number),
+        }
         let fd = Arc::new(crate::relay::register(sock.fd).map_err(|e| {
             anyhow::anyhow!(
                 "cannot watch passed fd {} for connections: {e}",
@@ -213,6 +224,7 @@ fn describe(o: &Outcome) -> &'static str {
 async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, number: RawFd) {
     let stop = shared.stop.clone();
     let mut fd_trouble: u32 = 0;
+    let mut burst = Burst::default();
     loop {
         let guard = tokio::select! {
             biased;
@@ -233,10 +245,11 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, numbe
             guard.clear_ready();
             continue;
         }
-        let permit: OwnedSemaphorePermit = tokio::select! {
-            biased;
-            _ = stop.requested() => return,
-            p = shared.limit.clone().acquire_owned() => p.expect("the limit semaphore is never closed"),
+        let permit: OwnedSemaphorePermit = match acquire_slot(&shared, &listener, &mut burst).await
+        {
+            Slot::Got(p) => p,
+            Slot::Refused => continue,
+            Slot::Stop => return,
         };
         let busy = Busy::new(&shared);
         let backend = {
@@ -402,6 +415,11 @@ fn spawn_relay(
     shared.served.fetch_add(1, Ordering::Relaxed);
     let target = shared.backend.target().to_string();
     let cut = shared.stop.cut.clone();
+    let limits = crate::relay::Timeouts {
+        idle: shared.config.idle_timeout,
+        half_close: shared.config.half_close_timeout,
+    };
+    let counts = shared.clone();
     shared.relays.spawn(async move {
         let _hold = (permit, busy);
         let client = match crate::relay::register(client) {
@@ -421,17 +439,32 @@ fn spawn_relay(
         let span = tracing::debug_span!("conn", client = %peer, backend = %target);
         async {
             tracing::debug!("open");
+            let mut reason = CloseReason::Cut;
             let relayed = tokio::select! {
-                r = crate::relay::relay(&client, &backend) => r,
+                r = crate::relay::relay(&client, &backend, limits) => {
+                    reason = CloseReason::of(&r);
+                    r
+                }
                 _ = cut.cancelled() => {
                     crate::relay::reset(&client);
                     crate::relay::reset(&backend);
                     Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "cut short by the stop"))
                 }
             };
+            if let Some(i) = match reason {
+                CloseReason::Keepalive => Some(0),
+                CloseReason::IdleTimeout => Some(1),
+                CloseReason::HalfCloseTimeout => Some(2),
+                _ => None,
+            } {
+                counts.timed_out[i].fetch_add(1, Ordering::Relaxed);
+            }
             match relayed {
                 Ok(m) => {
-                    tracing::debug!(to_backend = m.to_backend, to_client = m.to_client, "closed")
+                    tracing::debug!(to_backend = m.to_backend, to_client = m.to_client, reason = %reason, "closed")
+                }
+                Err(e) if reason == CloseReason::Keepalive => {
+                    tracing::debug!(reason = %reason, "closed: a peer stopped answering ({e})")
                 }
                 Err(e) if is_peer_abort(&e) => tracing::debug!("closed by reset: {e}"),
                 Err(e) => {
@@ -551,7 +584,16 @@ fn status_text(shared: &Shared) -> String {
         ),
         Health::Down(e) => format!("backend {target} down: {e}"),
     };
-    format!("{active} active, {served} served; {backend}")
+    let [keepalive, idle, half] = shared
+        .timed_out
+        .each_ref()
+        .map(|n| n.load(Ordering::Relaxed));
+    let ended = if keepalive + idle + half > 0 {
+        format!("; ended by keepalive {keepalive}, idle timeout {idle}, half-close timeout {half}")
+    } else {
+        String::new()
+    };
+    format!("{active} active, {served} served; {backend}{ended}")
 }
 
 /// Refreshes STATUS= when it changed, at most every [`STATUS_INTERVAL`].
@@ -570,6 +612,113 @@ async fn status_updates(shared: Arc<Shared>, notifier: Arc<Notifier>) {
         if now != last {
             notifier.send(&format!("STATUS={now}"));
             last = now;
+        }
+    }
+}
+
+/// What waiting for a `-c` slot led to.
+enum Slot {
+    Got(OwnedSemaphorePermit),
+    /// The clients that waited `--queue-timeout` were closed and none is left queued.
+    Refused,
+    Stop,
+}
+
+/// The clients closed for want of a slot since the last one served: one warning each.
+#[derive(Default)]
+struct Burst {
+    /// Closed in this burst; 0 when none is under way.
+    closed: usize,
+    /// Closed when the warning was logged.
+    warned: usize,
+}
+
+impl Burst {
+    fn closed(&mut self, n: usize, shared: &Shared, waited: Duration) {
+        if self.closed == 0 {
+            tracing::warn!(
+                "Hit connection limit of {} (--connections-max): closed {n} client(s) that waited {:.1}s for a slot (--queue-timeout)",
+                shared.config.connections_max,
+                waited.as_secs_f64()
+            );
+            self.warned = n;
+        }
+        self.closed += n;
+    }
+
+    /// A slot was had: the burst is over.
+    fn end(&mut self) {
+        if self.closed > self.warned {
+            tracing::warn!(
+                "Hit connection limit: {} client(s) closed unserved in all in that burst",
+                self.closed
+            );
+        }
+        *self = Burst::default();
+    }
+}
+
+/// Waits for a `-c` slot for the clients queued on `listener`, for at most
+/// `--queue-timeout` each: the queue is looked at [`QUEUE_CHECKS_PER_TIMEOUT`] times per
+/// timeout, and the clients that were already queued one timeout ago are accepted and
+/// closed (the accept queue is first in, first out, and nothing else accepts from it
+/// meanwhile). A unix listener cannot tell its queue length: all of its queue is closed
+/// once a client has been waiting that long. Only this wait counts: a client waiting for
+/// a cold backend holds a slot already, and `--connect-timeout` bounds that.
+async fn acquire_slot(
+    shared: &Arc<Shared>,
+    listener: &Arc<AsyncFd<OwnedFd>>,
+    burst: &mut Burst,
+) -> Slot {
+    if let Ok(p) = shared.limit.clone().try_acquire_owned() {
+        burst.end();
+        return Slot::Got(p);
+    }
+    let stop = &shared.stop;
+    let acquire = shared.limit.clone().acquire_owned();
+    tokio::pin!(acquire);
+    let Some(limit) = shared.config.queue_timeout else {
+        return tokio::select! {
+            biased;
+            _ = stop.requested() => Slot::Stop,
+            p = &mut acquire => Slot::Got(p.expect("the limit semaphore is never closed")),
+        };
+    };
+    let fd = listener.get_ref().as_raw_fd();
+    let step = (limit / QUEUE_CHECKS_PER_TIMEOUT).max(QUEUE_CHECK_MIN);
+    // (when, queue length then): the first `len` clients queued now were there at `when`.
+    let mut seen: std::collections::VecDeque<(Instant, Option<usize>)> = Default::default();
+    loop {
+        let now = Instant::now();
+        seen.push_back((now, accept_queue_len(fd)));
+        let mut due = None;
+        while let Some(&(when, len)) = seen.front() {
+            if now.duration_since(when) < limit {
+                break;
+            }
+            due = Some((when, len));
+            seen.pop_front();
+        }
+        if let Some((when, len)) = due {
+            let closed = close_up_to(fd, len);
+            if closed > 0 {
+                burst.closed(closed, shared, now.duration_since(when).max(limit));
+                for (_, l) in seen.iter_mut() {
+                    *l = l.map(|l| l.saturating_sub(closed));
+                }
+            }
+            if !any_queued(std::slice::from_ref(listener)) {
+                return Slot::Refused;
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = stop.requested() => return Slot::Stop,
+            p = &mut acquire => {
+                burst.end();
+                return Slot::Got(p.expect("the limit semaphore is never closed"));
+            }
+            _ = tokio::time::sleep(step) => {}
         }
     }
 }
