@@ -5,11 +5,13 @@
 //! accepted sockets inherit SO_KEEPALIVE, TCP_KEEPIDLE, TCP_KEEPINTVL and TCP_KEEPCNT from
 //! it, so it costs no system call per connection. The .socket unit's own choice wins: if
 //! the listening socket already has SO_KEEPALIVE on (`KeepAlive=yes`), or any of the three
-//! timings differs from the kernel's default in /proc/sys/net/ipv4 (`KeepAliveTimeSec=`,
-//! `KeepAliveIntervalSec=`, `KeepAliveProbes=`), the socket is left exactly as the unit
-//! set it. Otherwise rsproxyd sets [`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`] and
+//! timings differs from the kernel's default (`KeepAliveTimeSec=`, `KeepAliveIntervalSec=`,
+//! `KeepAliveProbes=`; the defaults are read from a fresh socket, i.e. the
+//! net.ipv4.tcp_keepalive_* sysctls), the socket is left exactly as the unit set it. Otherwise rsproxyd sets [`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`] and
 //! [`KEEPALIVE_PROBES`]. `--keepalive=off` turns SO_KEEPALIVE off on the listening socket
 //! instead, whatever the unit said.
+//!
+//! With `Accept=yes`, the passed connection itself gets the same treatment.
 //!
 //! Since the listening socket outlives rsproxyd, the next run finds the values an earlier
 //! run set and keeps them: the same result.
@@ -25,9 +27,7 @@ use std::time::Duration;
 
 use socket2::{SockAddr, SockRef, TcpKeepalive};
 
-use crate::limits::{
-    KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES, KERNEL_KEEPALIVE_SYSCTLS,
-};
+use crate::limits::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES};
 
 /// `--keepalive`: what to do about TCP keepalive on the listening sockets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -99,15 +99,17 @@ pub fn read(fd: BorrowedFd<'_>) -> Option<Timing> {
     })
 }
 
-/// The kernel's defaults (what a socket has when nobody set its own), if readable.
-pub fn kernel_defaults() -> Option<Timing> {
-    let read = |p: &str| -> Option<u64> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
-    let [t, i, p] = KERNEL_KEEPALIVE_SYSCTLS;
+/// The kernel's defaults (what a socket has when nobody set its own), read from a fresh
+/// socket of the same family: the values of net.ipv4.tcp_keepalive_* in this network
+/// namespace, without needing /proc/sys (hidden by `ProcSubset=pid`). `None` if no socket
+/// can be made.
+pub fn kernel_defaults(domain: socket2::Domain) -> Option<Timing> {
+    let fresh = socket2::Socket::new(domain, socket2::Type::STREAM, None).ok()?;
     Some(Timing {
         enabled: false,
-        idle: Duration::from_secs(read(t)?),
-        interval: Duration::from_secs(read(i)?),
-        probes: u32::try_from(read(p)?).ok()?,
+        idle: fresh.keepalive_time().ok()?,
+        interval: fresh.keepalive_interval().ok()?,
+        probes: fresh.keepalive_retries().ok()?,
     })
 }
 
@@ -121,7 +123,8 @@ pub fn set_by_unit(found: &Timing, kernel: Option<&Timing>) -> bool {
         })
 }
 
-/// Applies `mode` to a passed listening socket, once at start-up (see the module docs).
+/// Applies `mode` to a passed listening (or `Accept=yes` connected) socket, once at
+/// start-up (see the module docs).
 pub fn prepare_listener(fd: BorrowedFd<'_>, mode: Mode) -> io::Result<Decision> {
     let Some(found) = read(fd) else {
         return Ok(Decision::NotTcp);
@@ -132,7 +135,7 @@ pub fn prepare_listener(fd: BorrowedFd<'_>, mode: Mode) -> io::Result<Decision> 
             sock.set_keepalive(false)?;
             Ok(Decision::TurnedOff)
         }
-        Mode::Auto if set_by_unit(&found, kernel_defaults().as_ref()) => {
+        Mode::Auto if set_by_unit(&found, kernel_defaults(sock.domain()?).as_ref()) => {
             Ok(Decision::KeptUnits(found))
         }
         Mode::Auto => {
@@ -196,6 +199,16 @@ mod tests {
             !set_by_unit(&idle, None),
             "without the kernel's values only the flag counts"
         );
+    }
+
+    /// A fresh socket carries the kernel's defaults, which nobody counts as a choice.
+    #[test]
+    fn kernel_defaults_from_a_fresh_socket() {
+        let k = kernel_defaults(socket2::Domain::IPV4).unwrap();
+        assert!(k.idle > Duration::ZERO && k.probes > 0, "{k:?}");
+        let bare = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert_eq!(read(bare.as_fd()), Some(k));
+        assert!(!set_by_unit(&k, Some(&k)));
     }
 
     /// The defaults land on a bare listener and are inherited by the sockets it accepts; a

@@ -94,14 +94,6 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// within [`KEEPALIVE_IDLE`] + 6 x [`KEEPALIVE_INTERVAL`] = 2 minutes.
 pub const KEEPALIVE_PROBES: u32 = 6;
 
-/// Where the kernel keeps its keepalive defaults, which a socket has until someone sets its
-/// own (a .socket unit's KeepAliveTimeSec=, KeepAliveIntervalSec=, KeepAliveProbes=).
-pub const KERNEL_KEEPALIVE_SYSCTLS: [&str; 3] = [
-    "/proc/sys/net/ipv4/tcp_keepalive_time",
-    "/proc/sys/net/ipv4/tcp_keepalive_intvl",
-    "/proc/sys/net/ipv4/tcp_keepalive_probes",
-];
-
 /// Default for `--connection-idle-timeout` and `--half-close-timeout`: none, as
 /// systemd-socket-proxyd (a relay may stay silent forever).
 pub const DEFAULT_CONNECTION_IDLE_TIMEOUT: Option<Duration> = None;

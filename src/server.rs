@@ -158,6 +158,12 @@ pub async fn run(
     if !connected.is_empty() {
         let s = shared.clone();
         let clients: Vec<OwnedFd> = connected.into_iter().map(|c| c.fd).collect();
+        for c in &clients {
+            use std::os::fd::AsFd;
+            if let Err(e) = crate::keepalive::prepare_listener(c.as_fd(), s.config.keepalive) {
+                tracing::warn!("cannot set TCP keepalive on the passed connection: {e}");
+            }
+        }
         let only = listeners.is_empty();
         tokio::spawn(async move { serve_passed_connections(s, clients, only).await });
     }

@@ -184,10 +184,19 @@ fn progressing_download_is_not_cut() {
 #[test]
 fn half_closed_relay_is_freed() {
     let mute = recording_backend(TcpListener::bind("127.0.0.1:0").unwrap(), true);
+    let dir = std::env::temp_dir().join(format!("rsproxyd-halfclose-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("notify.sock");
+    let _ = std::fs::remove_file(&path);
+    let notify = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    notify.set_read_timeout(Some(DEADLINE)).unwrap();
     let (proxy, addr) = spawn_proxy(
         &mute.addr.to_string(),
         &["-c", "1", "--half-close-timeout=1s"],
-        &[("RUST_LOG", "debug")],
+        &[
+            ("RUST_LOG", "debug"),
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+        ],
     );
     let mut c = TcpStream::connect(addr).unwrap();
     c.write_all(b"request").unwrap();
@@ -210,6 +219,20 @@ fn half_closed_relay_is_freed() {
     mute.wait_ends(2);
     let log = proxy.stderr();
     assert!(log.contains("reason=half-close-timeout"), "{log}");
+    // STATUS= counts it.
+    let mut buf = [0u8; 4096];
+    let status = loop {
+        let n = notify.recv(&mut buf).expect("a STATUS= with the count");
+        let msg = String::from_utf8_lossy(&buf[..n]).to_string();
+        if msg.contains("half-close timeout 1") {
+            break msg;
+        }
+    };
+    assert!(
+        status.contains("ended by keepalive 0, idle timeout 0"),
+        "{status}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Without the new options nothing changes: a silent relay is still open after 1.5 s.
@@ -268,6 +291,44 @@ fn queued_client_closed_after_queue_timeout() {
             "--queue-timeout={timeout}: the held connection"
         );
     }
+}
+
+/// Each queued client waits --queue-timeout from its own arrival, not from the first
+/// one's: with 2 s and arrivals 1 s apart, each is closed about 2 s after it connected.
+/// The burst gets one warning as it starts and one total when a slot is free again.
+#[test]
+fn queue_timeout_counts_from_each_clients_arrival() {
+    let backend = echo_backend();
+    let (proxy, addr) = spawn_proxy(
+        &backend.addr.to_string(),
+        &["-c", "1", "--queue-timeout=2s"],
+        &[],
+    );
+    let held = relayed(addr);
+    let waiter = move || {
+        thread::spawn(move || {
+            let start = Instant::now();
+            let mut c = TcpStream::connect(addr).unwrap();
+            let (_, last) = wait_closed(&mut c);
+            (start.elapsed(), last.map_err(|e| e.kind()))
+        })
+    };
+    let first = waiter();
+    thread::sleep(Duration::from_secs(1)); // the second client's arrival, 1 s later
+    let second = waiter();
+    for (name, w) in [("first", first), ("second", second)] {
+        let (after, last) = w.join().unwrap();
+        assert!(
+            after >= Duration::from_millis(1900) && after < Duration::from_millis(2900),
+            "{name} client closed {after:?} after it connected ({last:?})"
+        );
+    }
+    let log = proxy.stderr();
+    assert_eq!(log.matches("Hit connection limit").count(), 1, "{log}");
+    drop(held);
+    assert_eq!(exchange(addr, b"after").unwrap(), b"after");
+    let log = proxy.wait_stderr("2 client(s) closed unserved in all");
+    assert_eq!(log.matches("Hit connection limit").count(), 2, "{log}");
 }
 
 /// A burst of short requests under -c 2 is all served through the queue (it still helps),
