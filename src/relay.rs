@@ -193,10 +193,13 @@ pub async fn relay(
                     timer.as_mut().reset(at.into());
                     continue;
                 }
-                let reason = if half_closed && limits.half_close.is_some() {
-                    CloseReason::HalfCloseTimeout
-                } else {
-                    CloseReason::IdleTimeout
+                // Whichever limit ran out: the shorter one once half-closed.
+                let reason = match (limits.idle, limits.half_close) {
+                    (Some(idle), Some(half)) if half_closed && half < idle => {
+                        CloseReason::HalfCloseTimeout
+                    }
+                    (None, Some(_)) => CloseReason::HalfCloseTimeout,
+                    _ => CloseReason::IdleTimeout,
                 };
                 for fd in [client, backend] {
                     let _ = shutdown(fd.get_ref().as_raw_fd(), Shutdown::Write);
@@ -469,4 +472,126 @@ pub fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an OwnedFd is open for as long as it lives and always returns the same fd
     // number; the AsyncFd owns it until it is dropped.
     unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    /// Relays between two socket pairs with `limits`; `setup` acts on the client's and the
+    /// backend's far ends first. Returns the result, how long it took, and what each far
+    /// end read after it (0 = a FIN).
+    fn run(
+        limits: Timeouts,
+        setup: impl FnOnce(&mut UnixStream, &mut UnixStream),
+    ) -> (io::Result<Moved>, Duration, usize, usize) {
+        let (mut client_far, client_near) = UnixStream::pair().unwrap();
+        let (mut backend_far, backend_near) = UnixStream::pair().unwrap();
+        setup(&mut client_far, &mut backend_far);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let start = Instant::now();
+        let result = rt.block_on(async {
+            client_near.set_nonblocking(true).unwrap();
+            backend_near.set_nonblocking(true).unwrap();
+            let c = register(OwnedFd::from(client_near)).unwrap();
+            let b = register(OwnedFd::from(backend_near)).unwrap();
+            relay(&c, &b, limits).await
+        });
+        let took = start.elapsed();
+        let mut buf = [0u8; 16];
+        for s in [&client_far, &backend_far] {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        let mut drain = |s: &mut UnixStream| {
+            let mut n = 0;
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => return n,
+                    Ok(k) => n += k,
+                    Err(e) => panic!("far end read {e}"),
+                }
+            }
+        };
+        let c = drain(&mut client_far);
+        let b = drain(&mut backend_far);
+        (result, took, c, b)
+    }
+
+    fn ms(n: u64) -> Option<Duration> {
+        Some(Duration::from_millis(n))
+    }
+
+    /// A silent relay ends at the idle timeout with a FIN to both sides, as `idle-timeout`.
+    #[test]
+    fn idle_timeout_ends_with_fins() {
+        let limits = Timeouts {
+            idle: ms(200),
+            half_close: None,
+        };
+        let (r, took, c, b) = run(limits, |c, _| c.write_all(b"hello").unwrap());
+        let m = r.unwrap();
+        assert_eq!(m.reason, CloseReason::IdleTimeout);
+        assert_eq!(m.to_backend, 5);
+        assert_eq!(
+            (c, b),
+            (0, 5),
+            "the backend got the bytes, then a FIN; the client a FIN"
+        );
+        assert!(
+            took >= Duration::from_millis(190) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+    }
+
+    /// After one side's FIN the half-close timeout applies, and is named when it is the
+    /// shorter limit; when the idle timeout is shorter, that one is named.
+    #[test]
+    fn half_close_timeout_and_which_limit_is_named() {
+        let table = [
+            (ms(5000), ms(200), CloseReason::HalfCloseTimeout),
+            (None, ms(200), CloseReason::HalfCloseTimeout),
+            (ms(200), ms(5000), CloseReason::IdleTimeout),
+        ];
+        for (idle, half_close, want) in table {
+            let limits = Timeouts { idle, half_close };
+            let (r, took, _, _) = run(limits, |c, _| {
+                c.write_all(b"req").unwrap();
+                c.shutdown(std::net::Shutdown::Write).unwrap();
+            });
+            assert_eq!(r.unwrap().reason, want, "{limits:?}");
+            assert!(took < Duration::from_secs(3), "{limits:?}: {took:?}");
+        }
+    }
+
+    /// Both FINs end the relay normally as `closed`, timeouts set or not; a reset is
+    /// `reset`, ETIMEDOUT (keepalive) is `keepalive`.
+    #[test]
+    fn close_reasons() {
+        for limits in [
+            Timeouts::default(),
+            Timeouts {
+                idle: ms(5000),
+                half_close: ms(5000),
+            },
+        ] {
+            let (r, _, _, _) = run(limits, |c, b| {
+                c.shutdown(std::net::Shutdown::Write).unwrap();
+                b.shutdown(std::net::Shutdown::Write).unwrap();
+            });
+            assert_eq!(CloseReason::of(&r), CloseReason::Closed);
+        }
+        let err = |n| Err(io::Error::from_raw_os_error(n));
+        assert_eq!(CloseReason::of(&err(libc::ECONNRESET)), CloseReason::Reset);
+        assert_eq!(
+            CloseReason::of(&err(libc::ETIMEDOUT)),
+            CloseReason::Keepalive
+        );
+        assert_eq!(CloseReason::of(&err(libc::EIO)), CloseReason::Error);
+        assert_eq!(CloseReason::HalfCloseTimeout.as_str(), "half-close-timeout");
+    }
 }

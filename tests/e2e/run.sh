@@ -175,6 +175,10 @@ head -c "${BIG_MB}M" /dev/urandom >"$ROOT$BIG" || die "cannot write $ROOT$BIG"
 chmod 0644 "$ROOT$BIG"
 BIG_SHA=$(sha256sum <"$ROOT$BIG" | cut -d' ' -f1)
 
+# Checks 30-32 (timeouts): tests/e2e/checks_timeouts.sh.
+# shellcheck source=tests/e2e/checks_timeouts.sh
+. "$HERE/checks_timeouts.sh"
+
 # --- Boot ---------------------------------------------------------------------------------
 box_boot
 echo "# proxy: $PROXY_KIND" >&2
@@ -637,6 +641,9 @@ check_broken_backend;  watch_sockets 7
 check_sigterm_download; watch_sockets 8
 check_backend_flapping; watch_sockets 13
 check_template;        watch_sockets 9
+check_silent_client;   watch_sockets 30
+check_vanished_client; watch_sockets 31
+check_queue_limit;     watch_sockets 32
 check_sockets
 check_control_bindsto
 check_verify
