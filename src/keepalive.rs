@@ -8,7 +8,8 @@
 //! timings differs from the kernel's default (`KeepAliveTimeSec=`, `KeepAliveIntervalSec=`,
 //! `KeepAliveProbes=`; the defaults are read from a fresh socket, i.e. the
 //! net.ipv4.tcp_keepalive_* sysctls), the socket is left exactly as the unit set it. Otherwise rsproxyd sets [`KEEPALIVE_IDLE`], [`KEEPALIVE_INTERVAL`] and
-//! [`KEEPALIVE_PROBES`]. `--keepalive=off` turns SO_KEEPALIVE off on the listening socket
+//! [`KEEPALIVE_PROBES`], and TCP_USER_TIMEOUT [`USER_TIMEOUT`] (the same budget for a peer
+//! that vanishes while data is in flight, when keepalive does not probe). `--keepalive=off` turns SO_KEEPALIVE off on the listening socket
 //! instead, whatever the unit said.
 //!
 //! With `Accept=yes`, the passed connection itself gets the same treatment.
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use socket2::{SockAddr, SockRef, TcpKeepalive};
 
-use crate::limits::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES};
+use crate::limits::{KEEPALIVE_IDLE, KEEPALIVE_INTERVAL, KEEPALIVE_PROBES, USER_TIMEOUT};
 
 /// `--keepalive`: what to do about TCP keepalive on the listening sockets.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -141,6 +142,7 @@ pub fn prepare_listener(fd: BorrowedFd<'_>, mode: Mode) -> io::Result<Decision> 
         Mode::Auto => {
             let t = defaults();
             sock.set_tcp_keepalive(&as_socket2(&t))?;
+            sock.set_tcp_user_timeout(Some(USER_TIMEOUT))?;
             Ok(Decision::SetDefaults(t))
         }
     }
@@ -158,10 +160,13 @@ pub fn backend_needs_it(addr: &SockAddr) -> bool {
     addr.as_socket().is_some_and(|a| !a.ip().is_loopback())
 }
 
-/// Sets rsproxyd's defaults on a new backend socket (only for targets that need it, see
+/// Sets rsproxyd's defaults (and TCP_USER_TIMEOUT) on a new backend socket (only for targets that need it, see
 /// [`backend_needs_it`]).
 pub fn set_on_backend(fd: impl AsFd) -> io::Result<()> {
-    SockRef::from(&fd.as_fd()).set_tcp_keepalive(&as_socket2(&defaults()))
+    let fd = fd.as_fd();
+    let sock = SockRef::from(&fd);
+    sock.set_tcp_keepalive(&as_socket2(&defaults()))?;
+    sock.set_tcp_user_timeout(Some(USER_TIMEOUT))
 }
 
 #[cfg(test)]
@@ -221,6 +226,11 @@ mod tests {
         let _c = TcpStream::connect(bare.local_addr().unwrap()).unwrap();
         let (accepted, _) = bare.accept().unwrap();
         assert_eq!(read(accepted.as_fd()), Some(defaults()));
+        assert_eq!(
+            SockRef::from(&accepted).tcp_user_timeout().unwrap(),
+            Some(USER_TIMEOUT),
+            "TCP_USER_TIMEOUT is inherited too"
+        );
 
         let unit = TcpListener::bind("127.0.0.1:0").unwrap();
         let theirs = TcpKeepalive::new()
@@ -241,6 +251,11 @@ mod tests {
         let _c = TcpStream::connect(unit.local_addr().unwrap()).unwrap();
         let (accepted, _) = unit.accept().unwrap();
         assert_eq!(read(accepted.as_fd()), Some(want));
+        assert_eq!(
+            SockRef::from(&accepted).tcp_user_timeout().unwrap(),
+            None,
+            "the unit's choice: no user timeout added"
+        );
 
         assert_eq!(
             prepare_listener(unit.as_fd(), Mode::Off).unwrap(),

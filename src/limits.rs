@@ -94,6 +94,12 @@ pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// within [`KEEPALIVE_IDLE`] + 6 x [`KEEPALIVE_INTERVAL`] = 2 minutes.
 pub const KEEPALIVE_PROBES: u32 = 6;
 
+/// TCP_USER_TIMEOUT set with those defaults: how long sent data may stay unacknowledged
+/// before the kernel gives up. Keepalive probes only run on a connection with nothing in
+/// flight; a client that vanishes mid-download would otherwise hold its relay for the
+/// ~15 minutes of retransmissions (tcp_retries2). The same 2 minutes as the keepalive.
+pub const USER_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Default for `--connection-idle-timeout` and `--half-close-timeout`: none, as
 /// systemd-socket-proxyd (a relay may stay silent forever).
 pub const DEFAULT_CONNECTION_IDLE_TIMEOUT: Option<Duration> = None;

@@ -472,10 +472,10 @@ fn spawn_relay(
                 Err(e) if reason == CloseReason::Keepalive => {
                     tracing::debug!(reason = %reason, "closed: a peer stopped answering ({e})")
                 }
-                Err(e) if is_peer_abort(&e) => tracing::debug!("closed by reset: {e}"),
+                Err(e) if is_peer_abort(&e) => tracing::debug!(reason = %reason, "closed by reset: {e}"),
                 Err(e) => {
                     let peer = if debug { peer } else { peer_name(&client) };
-                    tracing::warn!("relay {peer} <-> {target} failed: {e}")
+                    tracing::warn!(reason = %reason, "relay {peer} <-> {target} failed: {e}")
                 }
             }
         }
