@@ -169,7 +169,8 @@ pub async fn relay(
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b)?,
         };
-        Some(act.last() + limit)
+        // None past the clock's range: a limit of centuries never fires.
+        act.last().checked_add(limit)
     };
     let far = Instant::now() + Duration::from_secs(86400 * 365);
     let timer = tokio::time::sleep_until(deadline(false).unwrap_or(far).into());
@@ -577,6 +578,11 @@ mod tests {
             Timeouts {
                 idle: ms(5000),
                 half_close: ms(5000),
+            },
+            // Beyond what an Instant can hold: no overflow, simply no limit.
+            Timeouts {
+                idle: Some(Duration::MAX),
+                half_close: Some(Duration::MAX),
             },
         ] {
             let (r, _, _, _) = run(limits, |c, b| {
