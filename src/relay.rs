@@ -1,5 +1,6 @@
-//! One relayed connection: two directions, each byte-exact, with half-close passed through
-//! and an error on either side closing both.
+//! One relayed connection: two directions, each byte-exact, with half-close passed through,
+//! an error on either side closing both, the idle and half-close timeouts, and why it ended
+//! ([`CloseReason`]).
 
 use std::cell::RefCell;
 use std::io;
