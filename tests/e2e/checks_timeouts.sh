@@ -27,7 +27,9 @@ VANISHING_ADDR=127.0.0.9
 # writes "eof MS" (a FIN), "reset MS" or "error-ERRNO MS" to OUT_FILE, MS counted from the
 # send. After FINISH_AFTER_S (0: never) it finishes the request and writes "http CODE MS".
 # It writes its pid to OUT_FILE.open once its first line is sent.
-SILENT_CLIENT='import socket, sys, time
+SILENT_CLIENT='import signal, socket, sys, time
+# SIGTERM (check 31 ends its vanished client) is a normal exit: no "Terminated" in the output.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 src, port, out, finish = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 s = socket.socket()
 if src:
