@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::keepalive::Mode as KeepaliveMode;
 use crate::limits::{
-    DEFAULT_CONNECTIONS_MAX, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT,
-    DEFAULT_SESSION_TIMEOUT, DEFAULT_THREADS, MAX_THREADS,
+    DEFAULT_CONNECTIONS_MAX, DEFAULT_CONNECTION_IDLE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_SESSION_TIMEOUT, DEFAULT_THREADS, MAX_THREADS,
 };
 use crate::number::parse_c_unsigned;
 use crate::proxy_header::Version;
@@ -70,6 +71,26 @@ pub struct Args {
     #[arg(long = "proxy-protocol", value_name = "VERSION")]
     proxy_protocol: Option<String>,
 
+    /// End a relay after TIME with no byte moved either way: both sides get a FIN
+    /// (default: infinity)
+    #[arg(long = "connection-idle-timeout", value_name = "TIME")]
+    connection_idle_timeout: Option<String>,
+
+    /// Once one side has sent its FIN, end the relay after TIME with no byte moved
+    /// (default: infinity)
+    #[arg(long = "half-close-timeout", value_name = "TIME")]
+    half_close_timeout: Option<String>,
+
+    /// How long a client may wait for a -c slot before it is closed unserved (default: the
+    /// connect timeout; 0: refuse at once, as systemd-socket-proxyd 261)
+    #[arg(long = "queue-timeout", value_name = "TIME")]
+    queue_timeout: Option<String>,
+
+    /// TCP keepalive on client connections: auto (keep the .socket unit's KeepAlive*=,
+    /// else idle 60s, 10s interval, 6 probes) or off
+    #[arg(long = "keepalive", value_name = "auto|off")]
+    keepalive: Option<String>,
+
     /// Where to relay connections to
     #[arg(value_name = "TARGET", num_args = 0..)]
     targets: Vec<String>,
@@ -92,6 +113,14 @@ pub struct Config {
     pub threads: usize,
     /// `--proxy-protocol`: the header version sent first to the backend, if any.
     pub proxy_protocol: Option<Version>,
+    /// `--connection-idle-timeout`; `None` is infinity.
+    pub idle_timeout: Option<Duration>,
+    /// `--half-close-timeout`; `None` is infinity.
+    pub half_close_timeout: Option<Duration>,
+    /// `--queue-timeout`; `None` is infinity.
+    pub queue_timeout: Option<Duration>,
+    /// `--keepalive`.
+    pub keepalive: KeepaliveMode,
 }
 
 /// A command line that cannot be run. The texts keep systemd-socket-proxyd's where users
@@ -116,6 +145,8 @@ pub enum CliError {
     Threads(String),
     #[error("Failed to parse --proxy-protocol= argument: {0} (expected one of: {accepted})", accepted = Version::ACCEPTED)]
     ProxyProtocol(String),
+    #[error("Failed to parse --keepalive= argument: {0} (expected auto or off)")]
+    Keepalive(String),
     #[error("Failed to parse TARGET: {0}")]
     Target(#[from] crate::target::TargetError),
 }
@@ -176,6 +207,23 @@ impl Args {
             self.session_timeout,
             Some(DEFAULT_SESSION_TIMEOUT),
         )?;
+        let idle_timeout = parse_time_flag(
+            "connection-idle-timeout",
+            self.connection_idle_timeout,
+            DEFAULT_CONNECTION_IDLE_TIMEOUT,
+        )?;
+        let half_close_timeout = parse_time_flag(
+            "half-close-timeout",
+            self.half_close_timeout,
+            DEFAULT_CONNECTION_IDLE_TIMEOUT,
+        )?;
+        // As HAProxy's `timeout queue` defaults to its `timeout connect`.
+        let queue_timeout = parse_time_flag("queue-timeout", self.queue_timeout, connect_timeout)?;
+        let keepalive = match self.keepalive.as_deref().map(str::trim) {
+            None | Some("auto") => KeepaliveMode::Auto,
+            Some("off") => KeepaliveMode::Off,
+            Some(_) => return Err(CliError::Keepalive(self.keepalive.unwrap_or_default())),
+        };
         let threads = match self.threads {
             None => DEFAULT_THREADS,
             Some(v) => match v.trim().parse::<usize>() {
@@ -205,6 +253,10 @@ impl Args {
             session_timeout,
             threads,
             proxy_protocol,
+            idle_timeout,
+            half_close_timeout,
+            queue_timeout,
+            keepalive,
         })
     }
 }
@@ -328,6 +380,32 @@ mod tests {
         assert_eq!(c.session_timeout, None);
     }
 
+    /// The timeout options parse; --queue-timeout follows --connect-timeout unless given.
+    #[test]
+    fn timeout_options() {
+        let c = run(&["@x"]).unwrap();
+        assert_eq!(c.idle_timeout, None);
+        assert_eq!(c.half_close_timeout, None);
+        assert_eq!(c.queue_timeout, Some(DEFAULT_CONNECT_TIMEOUT));
+        assert_eq!(c.keepalive, KeepaliveMode::Auto);
+        let c = run(&[
+            "--connection-idle-timeout=2s",
+            "--half-close-timeout=500ms",
+            "--connect-timeout=3s",
+            "--keepalive=off",
+            "@x",
+        ])
+        .unwrap();
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(c.half_close_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(c.queue_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(c.keepalive, KeepaliveMode::Off);
+        let c = run(&["--queue-timeout=0", "--connect-timeout=infinity", "@x"]).unwrap();
+        assert_eq!(c.queue_timeout, Some(Duration::ZERO));
+        let c = run(&["--connect-timeout=infinity", "@x"]).unwrap();
+        assert_eq!(c.queue_timeout, None);
+    }
+
     /// Bad command lines are refused with a message naming the flag or value.
     #[test]
     fn bad_command_lines() {
@@ -384,6 +462,22 @@ mod tests {
             (
                 vec!["--session-timeout=1x", "a:1"],
                 "Failed to parse --session-timeout= argument: 1x",
+            ),
+            (
+                vec!["--queue-timeout=never", "a:1"],
+                "Failed to parse --queue-timeout= argument: never",
+            ),
+            (
+                vec!["--connection-idle-timeout=-2s", "a:1"],
+                "--connection-idle-timeout= argument: -2s",
+            ),
+            (
+                vec!["--half-close-timeout=", "a:1"],
+                "--half-close-timeout= argument: ",
+            ),
+            (
+                vec!["--keepalive=yes", "a:1"],
+                "Failed to parse --keepalive= argument: yes (expected auto or off)",
             ),
             (vec!["--bogus", "a:1"], "--bogus"),
             (

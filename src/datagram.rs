@@ -1308,7 +1308,7 @@ async fn run_session(relay: Arc<Relay>, s: Arc<Session>) {
 /// [`Relay::refusal`]).
 fn session_close_reason(why: &str) -> CloseReason {
     match why {
-        "session timeout" => CloseReason::Timeout,
+        "session timeout" => CloseReason::IdleTimeout,
         "drained" => CloseReason::Eof,
         "cut by the stop" => CloseReason::DrainCut,
         _ => CloseReason::Error,

@@ -17,7 +17,10 @@
 //! - [`proxy_header`]: the PROXY protocol v1/v2 header sent first on a relayed backend
 //!   connection (`--proxy-protocol`).
 //! - [`relay`] and [`splice`]: the per-connection pump, read/write for small messages and
-//!   splice(2) for bulk, with half-close passed through.
+//!   splice(2) for bulk, with half-close passed through, the idle and half-close timeouts,
+//!   and why each relay ended.
+//! - [`keepalive`]: TCP keepalive on the listening sockets (inherited by clients), so a
+//!   vanished client is reset; the .socket unit's own settings win.
 //! - [`records`]: what is reported about the work (a connection's end, a backend
 //!   timeout, the exit summary), each with its journal fields.
 //! - [`logging`]: tracing to the journal with those fields when stderr is the journal,
@@ -34,6 +37,7 @@ pub mod backend;
 pub mod cli;
 pub mod datagram;
 pub mod generator;
+pub mod keepalive;
 pub mod lifecycle;
 pub mod limits;
 pub mod logging;

@@ -137,6 +137,36 @@ pub const DATAGRAM_WARN_BURST: Duration = Duration::from_secs(10);
 /// Datagrams read from one listening socket per wake-up before other tasks get a turn.
 pub const DATAGRAM_RECV_BATCH: usize = 64;
 
+// --- Timeouts (issue 15): dead peers, silent connections, the -c queue -----------------
+
+/// TCP keepalive idle time rsproxyd sets when the .socket unit set no keepalive: a silent
+/// connection is probed after a minute (the kernel's own default is two hours).
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+/// Interval between unanswered keepalive probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Unanswered probes before the kernel resets the connection: a vanished peer is noticed
+/// within [`KEEPALIVE_IDLE`] + 6 x [`KEEPALIVE_INTERVAL`] = 2 minutes.
+pub const KEEPALIVE_PROBES: u32 = 6;
+
+/// TCP_USER_TIMEOUT set with those defaults: how long sent data may stay unacknowledged
+/// before the kernel gives up. Keepalive probes only run on a connection with nothing in
+/// flight; a client that vanishes mid-download would otherwise hold its relay for the
+/// ~15 minutes of retransmissions (tcp_retries2). The same 2 minutes as the keepalive.
+pub const USER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Default for `--connection-idle-timeout` and `--half-close-timeout`: none, as
+/// systemd-socket-proxyd (a relay may stay silent forever).
+pub const DEFAULT_CONNECTION_IDLE_TIMEOUT: Option<Duration> = None;
+
+/// While clients wait for a `-c` slot, how many times per `--queue-timeout` the accept
+/// queue is looked at: a queued client is closed at most this fraction late.
+pub const QUEUE_CHECKS_PER_TIMEOUT: u32 = 8;
+
+/// The shortest pause between two such looks.
+pub const QUEUE_CHECK_MIN: Duration = Duration::from_millis(10);
+
 #[cfg(test)]
 mod tests {
     use super::*;

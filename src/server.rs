@@ -15,7 +15,9 @@ use crate::activation::Activated;
 use crate::backend::{is_fd_exhaustion, Backend, ConnectError, Health};
 use crate::cli::Config;
 use crate::lifecycle::{Activity, Busy, Tracked};
-use crate::limits::{fd_backoff, RESET_GRACE, STATUS_INTERVAL};
+use crate::limits::{
+    fd_backoff, QUEUE_CHECKS_PER_TIMEOUT, QUEUE_CHECK_MIN, RESET_GRACE, STATUS_INTERVAL,
+};
 use crate::notify::Notifier;
 use crate::records::{BackendTimedOut, CloseReason, ConnectionEnded, Summary};
 
@@ -38,6 +40,8 @@ struct Shared {
     relays: TaskTracker,
     /// The datagram sockets' relay (idle when none were passed).
     datagrams: crate::datagram::Datagrams,
+    /// Relays ended by keepalive, the idle timeout and the half-close timeout, for STATUS=.
+    timed_out: [AtomicU64; 3],
 }
 
 impl Tracked for Arc<Shared> {
@@ -83,11 +87,17 @@ pub async fn run(
         stop: stop.clone(),
         relays: TaskTracker::new(),
         datagrams,
+        timed_out: Default::default(),
     });
     let (listening, connected): (Vec<_>, Vec<_>) = sockets.into_iter().partition(|s| s.listening);
     let mut listeners = Vec::new();
     let mut loops = tokio::task::JoinSet::new();
     for sock in listening {
+        use std::os::fd::AsFd;
+        match crate::keepalive::prepare_listener(sock.fd.as_fd(), shared.config.keepalive) {
+            Ok(d) => tracing::debug!("fd {}: TCP keepalive: {d:?}", sock.number),
+            Err(e) => tracing::warn!("fd {}: cannot set TCP keepalive: {e}", sock.number),
+        }
         let fd = Arc::new(crate::relay::register(sock.fd).map_err(|e| {
             anyhow::anyhow!(
                 "cannot watch passed fd {} for connections: {e}",
@@ -100,6 +110,12 @@ pub async fn run(
     if !connected.is_empty() {
         let s = shared.clone();
         let clients: Vec<OwnedFd> = connected.into_iter().map(|c| c.fd).collect();
+        for c in &clients {
+            use std::os::fd::AsFd;
+            if let Err(e) = crate::keepalive::prepare_listener(c.as_fd(), s.config.keepalive) {
+                tracing::warn!("cannot set TCP keepalive on the passed connection: {e}");
+            }
+        }
         let only = listeners.is_empty() && shared.datagrams.sockets().is_empty();
         tokio::spawn(async move { serve_passed_connections(s, clients, only).await });
     }
@@ -184,6 +200,7 @@ fn describe(o: &Outcome) -> &'static str {
 async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, number: RawFd) {
     let stop = shared.stop.clone();
     let mut fd_trouble: u32 = 0;
+    let mut burst = Burst::default();
     loop {
         let guard = tokio::select! {
             biased;
@@ -204,10 +221,11 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, numbe
             guard.clear_ready();
             continue;
         }
-        let permit: OwnedSemaphorePermit = tokio::select! {
-            biased;
-            _ = stop.requested() => return,
-            p = shared.limit.clone().acquire_owned() => p.expect("the limit semaphore is never closed"),
+        let permit: OwnedSemaphorePermit = match acquire_slot(&shared, &listener, &mut burst).await
+        {
+            Slot::Got(p) => p,
+            Slot::Refused => continue,
+            Slot::Stop => return,
         };
         let busy = Busy::new(&shared);
         let backend = {
@@ -376,6 +394,10 @@ fn spawn_relay(
     let started = Instant::now();
     let totals = shared.clone();
     let proxy_protocol = shared.config.proxy_protocol;
+    let limits = crate::relay::Timeouts {
+        idle: shared.config.idle_timeout,
+        half_close: shared.config.half_close_timeout,
+    };
     shared.relays.spawn(async move {
         let _hold = (permit, busy);
         let client = match crate::relay::register(client) {
@@ -413,26 +435,37 @@ fn spawn_relay(
         let close = async {
             tracing::debug!("open");
             let relayed = tokio::select! {
-                r = crate::relay::relay_counted(&client, &backend, &progress) => r,
+                r = crate::relay::relay_counted(&client, &backend, limits, &progress) => r,
                 _ = cut.cancelled() => {
                     crate::relay::reset(&client);
                     crate::relay::reset(&backend);
                     return CloseReason::DrainCut;
                 }
             };
+            let reason = crate::relay::close_reason(&relayed);
+            if let Some(i) = match reason {
+                CloseReason::Keepalive => Some(0),
+                CloseReason::IdleTimeout => Some(1),
+                CloseReason::HalfCloseTimeout => Some(2),
+                _ => None,
+            } {
+                totals.timed_out[i].fetch_add(1, Ordering::Relaxed);
+            }
             match relayed {
-                Ok(_) => CloseReason::Eof,
-                Err(e) if is_peer_abort(&e) => CloseReason::Reset,
+                Ok(_) => {}
+                Err(e) if matches!(reason, CloseReason::Reset | CloseReason::Keepalive) => {
+                    tracing::debug!(reason = %reason, "ended: {e}")
+                }
                 Err(e) => {
                     let peer = if debug {
                         peer.clone()
                     } else {
                         peer_name(&client)
                     };
-                    tracing::warn!("relay {peer} <-> {target} failed: {e}");
-                    CloseReason::of_error(&e)
+                    tracing::warn!(reason = %reason, "relay {peer} <-> {target} failed: {e}");
                 }
             }
+            reason
         }
         .instrument(span)
         .await;
@@ -575,9 +608,18 @@ fn status_text(shared: &Shared) -> String {
         ),
         Health::Down(e) => format!("backend {target} down: {e}"),
     };
+    let [keepalive, idle, half] = shared
+        .timed_out
+        .each_ref()
+        .map(|n| n.load(Ordering::Relaxed));
+    let ended = if keepalive + idle + half > 0 {
+        format!("; ended by keepalive {keepalive}, idle timeout {idle}, half-close timeout {half}")
+    } else {
+        String::new()
+    };
     match shared.datagrams.status() {
-        Some(udp) => format!("{active} active, {served} served; {udp}; {backend}"),
-        None => format!("{active} active, {served} served; {backend}"),
+        Some(udp) => format!("{active} active, {served} served; {udp}; {backend}{ended}"),
+        None => format!("{active} active, {served} served; {backend}{ended}"),
     }
 }
 
@@ -597,6 +639,113 @@ async fn status_updates(shared: Arc<Shared>, notifier: Arc<Notifier>) {
         if now != last {
             notifier.send(&format!("STATUS={now}"));
             last = now;
+        }
+    }
+}
+
+/// What waiting for a `-c` slot led to.
+enum Slot {
+    Got(OwnedSemaphorePermit),
+    /// The clients that waited `--queue-timeout` were closed and none is left queued.
+    Refused,
+    Stop,
+}
+
+/// The clients closed for want of a slot since the last one served: one warning each.
+#[derive(Default)]
+struct Burst {
+    /// Closed in this burst; 0 when none is under way.
+    closed: usize,
+    /// Closed when the warning was logged.
+    warned: usize,
+}
+
+impl Burst {
+    fn closed(&mut self, n: usize, shared: &Shared, waited: Duration) {
+        if self.closed == 0 {
+            tracing::warn!(
+                "Hit connection limit of {} (--connections-max): closed {n} client(s) that waited {:.1}s for a slot (--queue-timeout)",
+                shared.config.connections_max,
+                waited.as_secs_f64()
+            );
+            self.warned = n;
+        }
+        self.closed += n;
+    }
+
+    /// A slot was had: the burst is over.
+    fn end(&mut self) {
+        if self.closed > self.warned {
+            tracing::warn!(
+                "Hit connection limit: {} client(s) closed unserved in all in that burst",
+                self.closed
+            );
+        }
+        *self = Burst::default();
+    }
+}
+
+/// Waits for a `-c` slot for the clients queued on `listener`, for at most
+/// `--queue-timeout` each: the queue is looked at [`QUEUE_CHECKS_PER_TIMEOUT`] times per
+/// timeout, and the clients that were already queued one timeout ago are accepted and
+/// closed (the accept queue is first in, first out, and nothing else accepts from it
+/// meanwhile). A unix listener cannot tell its queue length: all of its queue is closed
+/// once a client has been waiting that long. Only this wait counts: a client waiting for
+/// a cold backend holds a slot already, and `--connect-timeout` bounds that.
+async fn acquire_slot(
+    shared: &Arc<Shared>,
+    listener: &Arc<AsyncFd<OwnedFd>>,
+    burst: &mut Burst,
+) -> Slot {
+    if let Ok(p) = shared.limit.clone().try_acquire_owned() {
+        burst.end();
+        return Slot::Got(p);
+    }
+    let stop = &shared.stop;
+    let acquire = shared.limit.clone().acquire_owned();
+    tokio::pin!(acquire);
+    let Some(limit) = shared.config.queue_timeout else {
+        return tokio::select! {
+            biased;
+            _ = stop.requested() => Slot::Stop,
+            p = &mut acquire => Slot::Got(p.expect("the limit semaphore is never closed")),
+        };
+    };
+    let fd = listener.get_ref().as_raw_fd();
+    let step = (limit / QUEUE_CHECKS_PER_TIMEOUT).max(QUEUE_CHECK_MIN);
+    // (when, queue length then): the first `len` clients queued now were there at `when`.
+    let mut seen: std::collections::VecDeque<(Instant, Option<usize>)> = Default::default();
+    loop {
+        let now = Instant::now();
+        seen.push_back((now, accept_queue_len(fd)));
+        let mut due = None;
+        while let Some(&(when, len)) = seen.front() {
+            if now.duration_since(when) < limit {
+                break;
+            }
+            due = Some((when, len));
+            seen.pop_front();
+        }
+        if let Some((when, len)) = due {
+            let closed = close_up_to(fd, len);
+            if closed > 0 {
+                burst.closed(closed, shared, now.duration_since(when).max(limit));
+                for (_, l) in seen.iter_mut() {
+                    *l = l.map(|l| l.saturating_sub(closed));
+                }
+            }
+            if !any_queued(std::slice::from_ref(listener)) {
+                return Slot::Refused;
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = stop.requested() => return Slot::Stop,
+            p = &mut acquire => {
+                burst.end();
+                return Slot::Got(p.expect("the limit semaphore is never closed"));
+            }
+            _ = tokio::time::sleep(step) => {}
         }
     }
 }

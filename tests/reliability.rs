@@ -48,7 +48,13 @@ fn soak_nothing_lost_corrupted_or_hung() {
     let addr = listener.local_addr().unwrap();
     let proxy = spawn_with_fd(
         listener.into(),
-        &["-c", &limit.to_string(), &backend.to_string()],
+        &[
+            "-c",
+            &limit.to_string(),
+            "--connection-idle-timeout=5s",
+            "--half-close-timeout=5s",
+            &backend.to_string(),
+        ],
         &[],
     );
     let pid = proxy.pid();

@@ -187,6 +187,10 @@ proxy_protocol_setup
 . "$HERE/checks_udp.sh"
 udp_install
 
+# Checks 30-32 (timeouts): tests/e2e/checks_timeouts.sh.
+# shellcheck source=tests/e2e/checks_timeouts.sh
+. "$HERE/checks_timeouts.sh"
+
 # --- Boot ---------------------------------------------------------------------------------
 box_boot
 echo "# proxy: $PROXY_KIND" >&2
@@ -657,6 +661,9 @@ check_template;        watch_sockets 9
 check_udp_cold;        watch_sockets 17
 check_udp_tcp;         watch_sockets 18
 check_udp_idle;        watch_sockets 19
+check_silent_client;   watch_sockets 30
+check_vanished_client; watch_sockets 31
+check_queue_limit;     watch_sockets 32
 check_sockets
 check_control_bindsto
 check_verify
