@@ -94,6 +94,15 @@ pub const PROXY_EARLY_DATA: usize = 4096;
 /// the point of a generated unit, so idle proxies (and their backends) go after 10 minutes.
 pub const GENERATED_EXIT_IDLE_TIME: &str = "10min";
 
+/// `ConnectionIdleTimeout=` of a generated proxy when the file gives none: as the contrib
+/// units, a relay silent for 10 minutes ends (FIN to both sides), so a client that keeps a
+/// connection open without using it cannot keep the service from scaling to zero.
+pub const GENERATED_CONNECTION_IDLE_TIMEOUT: &str = "10min";
+
+/// `HalfCloseTimeout=` of a generated proxy when the file gives none: a minute of silence
+/// after one side's FIN ends the relay, as in the contrib units.
+pub const GENERATED_HALF_CLOSE_TIMEOUT: &str = "1min";
+
 /// How much longer than the drain timeout systemd waits before it SIGKILLs a generated proxy
 /// (`TimeoutStopSec=`): 30 s drain + 15 s = the contrib units' 45 s.
 pub const GENERATED_STOP_MARGIN: Duration = Duration::from_secs(15);

@@ -226,6 +226,7 @@ fn options_and_existing_backend() {
         "[Socket]\nListenStream=[::]:80\nListenStream=/run/web.sock\n\
          [Proxy]\nTarget=192.0.2.7:8080\nConnectTimeout=1min\nDrainTimeout=1h 30min\n\
          ConnectionsMax=0x40\nThreads=2\nExitIdleTime=infinity\nProxyProtocol=v2\n\
+         ConnectionIdleTimeout=infinity\nQueueTimeout=0\nSessionTimeout=30s\n\
          [Backend]\nUnit=nginx.service\n[Install]\nWantedBy=sockets.target multi-user.target\n\
          RequiredBy=web-stack.target\n",
     );
@@ -243,7 +244,7 @@ fn options_and_existing_backend() {
     assert_eq!(t.listing(), want);
     let svc = t.out("web.service");
     for line in [
-        "ExecStart=/usr/bin/rsproxyd --follow-backend --exit-idle-time=infinity --connect-timeout=1min \"--drain-timeout=1h 30min\" --connections-max=0x40 --threads=2 --proxy-protocol=v2 192.0.2.7:8080",
+        "ExecStart=/usr/bin/rsproxyd --follow-backend --exit-idle-time=infinity --connect-timeout=1min \"--drain-timeout=1h 30min\" --connections-max=0x40 --threads=2 --proxy-protocol=v2 --connection-idle-timeout=infinity --half-close-timeout=1min --queue-timeout=0 --session-timeout=30s 192.0.2.7:8080",
         "Wants=nginx.service",
         "After=nginx.service",
         "TimeoutStopSec=5415s",
@@ -364,6 +365,11 @@ fn every_error_names_file_and_line() {
             "[Socket]\nListenStream=1\n[Proxy]\nTarget=127.0.0.1:2\nProxyProtocol=v3\n[Backend]\nExecStart=/bin/true\n",
             5,
             "ProxyProtocol=v3: expected v1 or v2",
+        ),
+        (
+            "[Socket]\nListenStream=1\n[Proxy]\nTarget=127.0.0.1:2\nHalfCloseTimeout=soon\n[Backend]\nExecStart=/bin/true\n",
+            5,
+            "HalfCloseTimeout=soon:",
         ),
         (
             "ListenStream=1\n[Socket]\nListenStream=1\n[Proxy]\nTarget=127.0.0.1:2\n[Backend]\nExecStart=/bin/true\n",
@@ -563,7 +569,9 @@ fn dropins_merge_in_name_order() {
     assert!(o.status.success(), "{}", stderr(&o));
     let svc = t.out("d.service");
     assert!(
-        svc.contains("--exit-idle-time=2s 127.0.0.1:2020\n"),
+        svc.contains(
+            "--exit-idle-time=2s --connection-idle-timeout=10min --half-close-timeout=1min 127.0.0.1:2020\n"
+        ),
         "{svc}"
     );
     let sock = t.out("d.socket");

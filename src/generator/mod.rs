@@ -13,7 +13,10 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use crate::limits::{GENERATED_EXIT_IDLE_TIME, MAX_THREADS};
+use crate::limits::{
+    GENERATED_CONNECTION_IDLE_TIMEOUT, GENERATED_EXIT_IDLE_TIME, GENERATED_HALF_CLOSE_TIMEOUT,
+    MAX_THREADS,
+};
 use crate::number::parse_c_unsigned;
 use crate::target::Target;
 
@@ -382,7 +385,21 @@ pub const PROXY_KEYS: &[(&str, &str)] = &[
     ("ConnectionsMax", "--connections-max="),
     ("Threads", "--threads="),
     ("ProxyProtocol", "--proxy-protocol="),
+    ("ConnectionIdleTimeout", "--connection-idle-timeout="),
+    ("HalfCloseTimeout", "--half-close-timeout="),
+    ("QueueTimeout", "--queue-timeout="),
+    ("SessionTimeout", "--session-timeout="),
 ];
+
+/// What a generated proxy gets for a `[Proxy]` key the file leaves out, where that differs
+/// from rsproxyd's own default: generated units bound silent relays, as the contrib units do.
+fn generated_default(key: &str) -> Option<&'static str> {
+    match key {
+        "ConnectionIdleTimeout" => Some(GENERATED_CONNECTION_IDLE_TIMEOUT),
+        "HalfCloseTimeout" => Some(GENERATED_HALF_CLOSE_TIMEOUT),
+        _ => None,
+    }
+}
 
 /// The `[Socket]` keys that make it listen.
 const LISTEN_KEYS: &[&str] = &[
@@ -485,7 +502,13 @@ impl State {
                     return Err(format!("Target={value}: {e}"));
                 }
             }
-            "ExitIdleTime" | "ConnectTimeout" | "DrainTimeout" => {
+            "ExitIdleTime"
+            | "ConnectTimeout"
+            | "DrainTimeout"
+            | "ConnectionIdleTimeout"
+            | "HalfCloseTimeout"
+            | "QueueTimeout"
+            | "SessionTimeout" => {
                 crate::timespan::parse(&value).map_err(|e| format!("{key}={value}: {e}"))?;
             }
             "ConnectionsMax" => match parse_c_unsigned(&value, u32::MAX.into()) {
@@ -689,7 +712,14 @@ impl State {
             flags: PROXY_KEYS
                 .iter()
                 .filter(|(k, _)| !matches!(*k, "Target" | "ExitIdleTime"))
-                .filter_map(|(k, flag)| Some(format!("{flag}{}", self.proxy.get(k)?)))
+                .filter_map(|(k, flag)| {
+                    let value = match (self.proxy.get(k), generated_default(k)) {
+                        (Some(v), _) => v.clone(),
+                        (None, Some(d)) => d.to_string(),
+                        (None, None) => return None,
+                    };
+                    Some(format!("{flag}{value}"))
+                })
                 .collect(),
             drain,
         };

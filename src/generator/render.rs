@@ -148,7 +148,10 @@ fn socket(spec: &Spec) -> String {
         ),
     );
     s += "# No PartOf= on the proxy: it exits when idle, and the port must stay open so the\n\
-          # next client wakes it up instead of being refused.\n\n[Socket]\n";
+          # next client wakes it up instead of being refused.\n\
+          # TCP keepalive: the KeepAlive*= lines of [Socket] if the .proxy file has them, else\n\
+          # rsproxyd's own (60s idle, 10s interval, 6 probes), so a client that vanished is\n\
+          # freed within about 2 minutes.\n\n[Socket]\n";
     for Entry { key, value } in &spec.socket {
         let _ = writeln!(s, "{key}={value}");
     }
