@@ -60,25 +60,7 @@ pub fn spawn_with_fd(socket: OwnedFd, args: &[&str], env: &[(&str, &str)]) -> Pr
     }
     let mut child = cmd.spawn().expect("spawn rsproxyd");
     drop(socket);
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let mut pipe = child.stderr.take().expect("stderr piped");
-    let sink = stderr.clone();
-    let reader = thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    Proxy {
-        child,
-        stderr,
-        reader: Some(reader),
-    }
+    capture(child)
 }
 
 /// Starts rsproxyd in front of `target` on a fresh 127.0.0.1:0 listener; returns its address.
@@ -302,6 +284,11 @@ pub fn spawn_with_fds(sockets: Vec<OwnedFd>, args: &[&str], env: &[(&str, &str)]
         unsafe { libc::close(fd) };
     }
     drop(sockets);
+    capture(child)
+}
+
+/// Wraps a spawned rsproxyd, collecting its stderr in the background.
+fn capture(mut child: Child) -> Proxy {
     let stderr = Arc::new(Mutex::new(String::new()));
     let mut pipe = child.stderr.take().expect("stderr piped");
     let sink = stderr.clone();
