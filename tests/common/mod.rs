@@ -58,7 +58,7 @@ pub fn spawn_with_fd(socket: OwnedFd, args: &[&str], env: &[(&str, &str)]) -> Pr
             Ok(())
         });
     }
-    let mut child = cmd.spawn().expect("spawn rsproxyd");
+    let child = cmd.spawn().expect("spawn rsproxyd");
     drop(socket);
     capture(child)
 }
@@ -278,7 +278,7 @@ pub fn spawn_with_fds(sockets: Vec<OwnedFd>, args: &[&str], env: &[(&str, &str)]
             Ok(())
         });
     }
-    let mut child = cmd.spawn().expect("spawn rsproxyd");
+    let child = cmd.spawn().expect("spawn rsproxyd");
     for fd in high {
         // SAFETY: the duplicates made above; nothing else closes them.
         unsafe { libc::close(fd) };
