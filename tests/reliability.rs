@@ -1261,8 +1261,16 @@ fn bad_input_table() {
             "unexpected value 'yes' for '--follow-backend'",
         ),
         cli(
-            s(&["--proxy-protocol=v1", "a:1"]),
-            "unexpected argument '--proxy-protocol'",
+            s(&["--proxy-protocol=v3", "a:1"]),
+            "Failed to parse --proxy-protocol= argument: v3 (expected one of: v1, v2)",
+        ),
+        cli(
+            s(&["--queue-timeout=soon", "a:1"]),
+            "Failed to parse --queue-timeout= argument: soon",
+        ),
+        cli(
+            s(&["--session-timeout=-1s", "a:1"]),
+            "Failed to parse --session-timeout= argument: -1s",
         ),
         cli(s(&["-x", "a:1"]), "unexpected argument '-x'"),
         // LISTEN_* environment
