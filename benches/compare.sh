@@ -20,7 +20,9 @@
 # proxy=v1|v2 adds --proxy-protocol=v1|v2: that variant runs only http_ka and new_conn, against
 # a second nginx port that reads the PROXY protocol (e.g. PROXIES="rsproxyd rsproxyd:proxy=v2"
 # BENCH_WORKLOADS=new_conn: the header's cost per new connection). `kernel` (rsproxyd:kernel)
-# adds --kernel-relay (needs root): established relays are moved by the kernel (BPF sockmap).
+# adds --kernel-relay (needs root; the binary is then built with the cargo feature
+# kernel-relay, which the shipped build leaves out): established relays are moved by the
+# kernel (BPF sockmap).
 # Its work then runs in softirq and in a kernel worker thread, not in the proxy's process,
 # so the proxy's CPU figure misses it: compare the whole machine's busy CPU per unit of work
 # (machine_cpu_s in raw.tsv, all processes and the kernel), which counts it wherever it runs.
@@ -36,6 +38,9 @@
 #   new_conn    wrk, 50 clients, "Connection: close", nginx    connections/s
 #   cold_start  loadgen: backend binds 20-120 ms after the client arrives; delay from its
 #               bind to the first byte reaching it (rsproxyd vs ssp behind the seed's guard)
+#   udp         benches/udp.sh, after the rounds: dnsperf (50 clients, dnsmasq) and
+#               iperf3 -u through rsproxyd holding a TCP and a UDP socket, against direct and
+#               socat (ssp and HAProxy relay no UDP); its table is appended to results.md
 # then, once per proxy, loadgen rss: peak RSS (VmHWM) idle and with 1,000 open connections.
 set -euo pipefail
 
@@ -51,7 +56,11 @@ else
 fi
 PROXIES_SET=${PROXIES:-}
 read -r -a PROXIES <<<"${PROXIES:-direct rsproxyd ssp haproxy}"
-read -r -a WORKLOADS <<<"${BENCH_WORKLOADS:-bulk rr_1conn rr_50conn http_ka new_conn cold_start}"
+read -r -a WORKLOADS <<<"${BENCH_WORKLOADS:-bulk rr_1conn rr_50conn http_ka new_conn cold_start udp}"
+# udp runs on its own (benches/udp.sh), after the rounds
+UDP=0
+for i in "${!WORKLOADS[@]}"; do [[ ${WORKLOADS[$i]} == udp ]] && UDP=1 && unset 'WORKLOADS[i]'; done
+WORKLOADS=("${WORKLOADS[@]}")
 OUT=${OUT:-$ROOT/bench-results}
 SSP=/lib/systemd/systemd-socket-proxyd
 LOADGEN=$ROOT/target/bench-tools/loadgen
@@ -68,6 +77,8 @@ install_missing() {
         [redis-benchmark]=redis-tools [nginx]=nginx-light [wrk]=wrk [ss]=iproute2
         [python3]=python3
     )
+    # the udp workload (benches/udp.sh)
+    ((UDP)) && provides+=([dnsperf]=dnsperf [socat]=socat [dnsmasq]=dnsmasq-base)
     for need in "${!provides[@]}"; do
         command -v "$need" >/dev/null 2>&1 || [[ -x /usr/sbin/$need ]] || pkgs+=("${provides[$need]}")
     done
@@ -95,16 +106,25 @@ if has_proxy rsproxyd; then
     if [[ -n ${RSPROXYD_BIN:-} ]]; then
         RSPROXYD=$RSPROXYD_BIN
     else
-        variants=0
+        variants=0 kernel=0
         # (a variant that only adds --proxy-protocol needs no tuning build)
         for p in "${PROXIES[@]}"; do
             [[ $p == rsproxyd:* && ! ${p#rsproxyd:} =~ ^(proxy=[^,]*|kernel)(,(proxy=[^,]*|kernel))*$ ]] && variants=1
+            [[ $p == rsproxyd:* && ,${p#rsproxyd:}, == *,kernel,* ]] && kernel=1
         done
         if ((variants)); then
             # one binary for rsproxyd and its variants, so only the settings differ
-            log "building rsproxyd (release, feature tuning, in target/tuning)"
-            cargo build --release --quiet --features tuning --target-dir "$ROOT/target/tuning" --bin rsproxyd
+            features=tuning
+            ((kernel)) && features=tuning,kernel-relay
+            log "building rsproxyd (release, features $features, in target/tuning)"
+            cargo build --release --quiet --features "$features" --target-dir "$ROOT/target/tuning" --bin rsproxyd
             RSPROXYD=$ROOT/target/tuning/release/rsproxyd
+        elif ((kernel)); then
+            # --kernel-relay exists only with the cargo feature kernel-relay (off in the
+            # shipped build); rsproxyd and rsproxyd:kernel both run this one binary
+            log "building rsproxyd (release, feature kernel-relay, in target/kernel-relay)"
+            cargo build --release --quiet --features kernel-relay --target-dir "$ROOT/target/kernel-relay" --bin rsproxyd
+            RSPROXYD=$ROOT/target/kernel-relay/release/rsproxyd
         else
             log "building rsproxyd (release)"
             cargo build --release --quiet --bin rsproxyd
@@ -371,4 +391,13 @@ done
 } >"$OUT/machine.tsv"
 
 python3 benches/report.py "$OUT"
+if ((UDP)); then
+    log "udp: benches/udp.sh"
+    QUICK=$QUICK ROUNDS=$ROUNDS RSPROXYD_BIN=${RSPROXYD:-} bash benches/udp.sh "$OUT/udp" ||
+        log "udp: failed, see $OUT/udp/logs"
+    if [[ -s $OUT/udp/udp.md ]]; then
+        printf '\n### UDP (benches/udp.sh)\n\n' >>"$OUT/results.md"
+        cat "$OUT/udp/udp.md" >>"$OUT/results.md"
+    fi
+fi
 log "wrote $OUT/results.md and $OUT/chart.svg"

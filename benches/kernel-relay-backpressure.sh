@@ -3,13 +3,16 @@
 # the user-space relay against --kernel-relay (docs/performance.md, "No backpressure").
 # As root (the kernel relay needs CAP_BPF and CAP_NET_ADMIN); loopback only; about 20 s.
 #
-# usage: benches/kernel-relay-backpressure.sh [RSPROXYD_BINARY]   (default target/release/rsproxyd)
+# usage: benches/kernel-relay-backpressure.sh [RSPROXYD_BINARY]   (default target/kernel-relay/release/rsproxyd)
+# The binary must be built with the cargo feature kernel-relay (off in the shipped build):
+#   cargo build --release --features kernel-relay --target-dir target/kernel-relay
 # For each mode it prints how many bytes the client's writes got rid of within 2 s of the
 # backend not reading (the proxy and the kernel hold them), and how MemAvailable moved.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=${1:-target/release/rsproxyd}
-[[ -x $BIN ]] || { echo "no rsproxyd at $BIN (cargo build --release)" >&2; exit 1; }
+BIN=${1:-target/kernel-relay/release/rsproxyd}
+[[ -x $BIN ]] || { echo "no rsproxyd at $BIN (cargo build --release --features kernel-relay --target-dir target/kernel-relay)" >&2; exit 1; }
+[[ $("$BIN" --help) == *--kernel-relay* ]] || { echo "$BIN was built without the cargo feature kernel-relay" >&2; exit 1; }
 command -v systemd-socket-activate >/dev/null || { echo "needs systemd-socket-activate" >&2; exit 1; }
 
 run() { # MODE FLAGS...

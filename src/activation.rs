@@ -20,8 +20,12 @@ pub struct Activated {
     pub fd: OwnedFd,
     /// The fd number it arrived as, for messages.
     pub number: RawFd,
-    /// A listening socket (`Accept=no`); otherwise one connected client (`Accept=yes`).
+    /// A listening stream socket (`Accept=no`); otherwise, unless [`Activated::datagram`],
+    /// one connected client (`Accept=yes`).
     pub listening: bool,
+    /// A datagram socket (`ListenDatagram=`): UDP over IPv4 or IPv6, or a unix datagram
+    /// socket. Relayed by [`crate::datagram`]; `listening` is false.
+    pub datagram: bool,
 }
 
 /// Why the passed sockets cannot be served. The text is shown to users.
@@ -46,9 +50,13 @@ pub enum ActivationError {
     #[error("passed fd {0} is not a socket")]
     NotSocket(RawFd),
     #[error(
-        "passed fd {fd} is a {kind} socket; rsproxyd relays stream sockets only (ListenStream=)"
+        "passed fd {fd} is a {kind} socket; rsproxyd relays stream sockets (ListenStream=) and datagram sockets (ListenDatagram=) only, not SOCK_SEQPACKET (ListenSequentialPacket=) or raw ones"
     )]
     NotStream { fd: RawFd, kind: String },
+    #[error(
+        "passed fd {fd} is a {family} datagram socket; rsproxyd relays datagrams of IPv4, IPv6 and unix sockets only"
+    )]
+    DatagramFamily { fd: RawFd, family: String },
     #[error("passed fd {fd} cannot be set up: {err}")]
     Setup { fd: RawFd, err: String },
 }
@@ -134,7 +142,7 @@ fn leading_open(count: usize) -> usize {
         .count()
 }
 
-/// Checks that `fd` is a stream socket and prepares it for the event loop.
+/// Checks that `fd` is a stream or datagram socket and prepares it for the event loop.
 pub fn classify(fd: OwnedFd, number: RawFd) -> Result<Activated, ActivationError> {
     let stat = nix::sys::stat::fstat(number).map_err(|_| ActivationError::NotOpen(number))?;
     if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
@@ -146,16 +154,24 @@ pub fn classify(fd: OwnedFd, number: RawFd) -> Result<Activated, ActivationError
         err: e.to_string(),
     };
     let ty = sock.r#type().map_err(setup)?;
-    if ty != Type::STREAM {
+    let datagram = ty == Type::DGRAM;
+    if datagram {
+        let domain = sock.domain().map_err(setup)?;
+        if domain != Domain::IPV4 && domain != Domain::IPV6 && domain != Domain::UNIX {
+            return Err(ActivationError::DatagramFamily {
+                fd: number,
+                family: format!("{domain:?}"),
+            });
+        }
+    } else if ty != Type::STREAM {
         let kind = match ty {
-            Type::DGRAM => "datagram".to_string(),
             Type::SEQPACKET => "seqpacket".to_string(),
             Type::RAW => "raw".to_string(),
             other => format!("type {other:?}"),
         };
         return Err(ActivationError::NotStream { fd: number, kind });
     }
-    let listening = sock.is_listener().map_err(setup)?;
+    let listening = !datagram && sock.is_listener().map_err(setup)?;
     fcntl(number, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).map_err(|e| setup(e.into()))?;
     let flags = fcntl(number, FcntlArg::F_GETFL).map_err(|e| setup(e.into()))?;
     fcntl(
@@ -163,7 +179,7 @@ pub fn classify(fd: OwnedFd, number: RawFd) -> Result<Activated, ActivationError
         FcntlArg::F_SETFL(OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK),
     )
     .map_err(|e| setup(e.into()))?;
-    if matches!(sock.domain(), Ok(d) if d == Domain::IPV4 || d == Domain::IPV6) {
+    if !datagram && matches!(sock.domain(), Ok(d) if d == Domain::IPV4 || d == Domain::IPV6) {
         // Accepted sockets inherit TCP_NODELAY; small messages must not wait for Nagle.
         let _ = sock.set_nodelay(true);
     }
@@ -171,6 +187,7 @@ pub fn classify(fd: OwnedFd, number: RawFd) -> Result<Activated, ActivationError
         fd,
         number,
         listening,
+        datagram,
     })
 }
 
@@ -296,7 +313,8 @@ mod tests {
             .starts_with("Didn't get any sockets passed in"));
     }
 
-    /// Listening and connected stream sockets are told apart; datagram sockets and files refused.
+    /// Listening and connected stream sockets and datagram sockets (UDP, unix) are told
+    /// apart; seqpacket sockets and files are refused with the fd named.
     #[test]
     fn classify_sockets() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -308,10 +326,25 @@ mod tests {
         let n = std::os::fd::AsRawFd::as_raw_fd(&c);
         let a = classify(OwnedFd::from(c), n).unwrap();
         assert!(!a.listening);
-        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert!(!a.datagram);
+        for u in [
+            std::net::UdpSocket::bind("127.0.0.1:0").unwrap(),
+            std::net::UdpSocket::bind("[::1]:0").unwrap(),
+        ] {
+            let n = std::os::fd::AsRawFd::as_raw_fd(&u);
+            let a = classify(OwnedFd::from(u), n).unwrap();
+            assert!(a.datagram && !a.listening);
+        }
+        let (u, _other) = std::os::unix::net::UnixDatagram::pair().unwrap();
         let n = std::os::fd::AsRawFd::as_raw_fd(&u);
-        let e = classify(OwnedFd::from(u), n).unwrap_err();
-        assert!(e.to_string().contains("datagram"), "{e}");
+        assert!(classify(OwnedFd::from(u), n).unwrap().datagram);
+        let sp = socket2::Socket::new(Domain::UNIX, Type::SEQPACKET, None).unwrap();
+        let n = std::os::fd::AsRawFd::as_raw_fd(&sp);
+        let e = classify(OwnedFd::from(sp), n).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!("fd {n}")) && e.contains("seqpacket"),
+            "{e}"
+        );
         let f = std::fs::File::open("/dev/null").unwrap();
         let n = std::os::fd::AsRawFd::as_raw_fd(&f);
         assert_eq!(

@@ -205,6 +205,10 @@ async fn connect_one(addr: &SockAddr, deadline: Option<Instant>) -> io::Result<C
     let socket = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), None)?;
     if domain == Domain::IPV4 || domain == Domain::IPV6 {
         socket.set_nodelay(true)?;
+        // A backend on another machine can vanish silently; a local one cannot.
+        if crate::keepalive::backend_needs_it(addr) {
+            crate::keepalive::set_on_backend(&socket)?;
+        }
     }
     match socket.connect(addr) {
         Ok(()) => return crate::relay::register(OwnedFd::from(socket)),

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use clap::Parser;
 
+use crate::keepalive::Mode as KeepaliveMode;
 use crate::limits::{
-    DEFAULT_CONNECTIONS_MAX, DEFAULT_CONNECT_TIMEOUT, DEFAULT_DRAIN_TIMEOUT, DEFAULT_THREADS,
-    MAX_THREADS,
+    DEFAULT_CONNECTIONS_MAX, DEFAULT_CONNECTION_IDLE_TIMEOUT, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_DRAIN_TIMEOUT, DEFAULT_SESSION_TIMEOUT, DEFAULT_THREADS, MAX_THREADS,
 };
 use crate::number::parse_c_unsigned;
 use crate::proxy_header::Version;
@@ -30,7 +31,8 @@ use crate::target::Target;
                   Start rsproxyd from a .socket unit, or under systemd-socket-activate."
 )]
 pub struct Args {
-    /// Allow at most N relayed connections at once; others wait in the socket's queue
+    /// Allow at most N relayed connections at once; others wait in the socket's queue.
+    /// Datagram sockets: at most N client sessions; a new client beyond them is dropped
     #[arg(
         short = 'c',
         long = "connections-max",
@@ -39,7 +41,7 @@ pub struct Args {
     )]
     connections_max: Option<String>,
 
-    /// Exit after TIME without connections, counted from start-up too
+    /// Exit after TIME without connections or datagrams, counted from start-up too
     #[arg(long = "exit-idle-time", value_name = "TIME")]
     exit_idle_time: Option<String>,
 
@@ -56,6 +58,11 @@ pub struct Args {
     #[arg(long = "follow-backend")]
     follow_backend: bool,
 
+    /// Datagram sockets: end a client's session after TIME with no datagram either way
+    /// (default 60s)
+    #[arg(long = "session-timeout", value_name = "TIME")]
+    session_timeout: Option<String>,
+
     /// Event-loop threads (1: a single thread, the most efficient per connection)
     #[arg(long = "threads", value_name = "N")]
     threads: Option<String>,
@@ -64,8 +71,30 @@ pub struct Args {
     #[arg(long = "proxy-protocol", value_name = "VERSION")]
     proxy_protocol: Option<String>,
 
-    /// Relay established TCP connections inside the kernel (BPF sockmap); needs CAP_BPF and
-    /// CAP_NET_ADMIN, otherwise one warning and the relay stays in user space
+    /// End a relay after TIME with no byte moved either way: both sides get a FIN
+    /// (default: infinity)
+    #[arg(long = "connection-idle-timeout", value_name = "TIME")]
+    connection_idle_timeout: Option<String>,
+
+    /// Once one side has sent its FIN, end the relay after TIME with no byte moved
+    /// (default: infinity)
+    #[arg(long = "half-close-timeout", value_name = "TIME")]
+    half_close_timeout: Option<String>,
+
+    /// How long a client may wait for a -c slot before it is closed unserved (default: the
+    /// connect timeout; 0: refuse at once, as systemd-socket-proxyd 261)
+    #[arg(long = "queue-timeout", value_name = "TIME")]
+    queue_timeout: Option<String>,
+
+    /// TCP keepalive on client connections: auto (keep the .socket unit's KeepAlive*=,
+    /// else idle 60s, 10s interval, 6 probes) or off
+    #[arg(long = "keepalive", value_name = "auto|off")]
+    keepalive: Option<String>,
+
+    /// Experimental (built only with the cargo feature `kernel-relay`): relay established
+    /// TCP connections inside the kernel (BPF sockmap); needs CAP_BPF and CAP_NET_ADMIN,
+    /// otherwise one warning and the relay stays in user space
+    #[cfg(feature = "kernel-relay")]
     #[arg(long = "kernel-relay")]
     kernel_relay: bool,
 
@@ -85,11 +114,22 @@ pub struct Config {
     pub connect_timeout: Option<Duration>,
     pub drain_timeout: Duration,
     pub follow_backend: bool,
+    /// Datagram sessions end after this long with no datagram either way; `None` is infinity.
+    pub session_timeout: Option<Duration>,
     /// Event-loop threads.
     pub threads: usize,
     /// `--proxy-protocol`: the header version sent first to the backend, if any.
     pub proxy_protocol: Option<Version>,
+    /// `--connection-idle-timeout`; `None` is infinity.
+    pub idle_timeout: Option<Duration>,
+    /// `--half-close-timeout`; `None` is infinity.
+    pub half_close_timeout: Option<Duration>,
+    /// `--queue-timeout`; `None` is infinity.
+    pub queue_timeout: Option<Duration>,
+    /// `--keepalive`.
+    pub keepalive: KeepaliveMode,
     /// `--kernel-relay`: move TCP relays into a BPF sockmap where the kernel allows it.
+    #[cfg(feature = "kernel-relay")]
     pub kernel_relay: bool,
 }
 
@@ -115,6 +155,8 @@ pub enum CliError {
     Threads(String),
     #[error("Failed to parse --proxy-protocol= argument: {0} (expected one of: {accepted})", accepted = Version::ACCEPTED)]
     ProxyProtocol(String),
+    #[error("Failed to parse --keepalive= argument: {0} (expected auto or off)")]
+    Keepalive(String),
     #[error("Failed to parse TARGET: {0}")]
     Target(#[from] crate::target::TargetError),
 }
@@ -170,6 +212,28 @@ impl Args {
             Some(DEFAULT_DRAIN_TIMEOUT),
         )?
         .unwrap_or(Duration::MAX);
+        let session_timeout = parse_time_flag(
+            "session-timeout",
+            self.session_timeout,
+            Some(DEFAULT_SESSION_TIMEOUT),
+        )?;
+        let idle_timeout = parse_time_flag(
+            "connection-idle-timeout",
+            self.connection_idle_timeout,
+            DEFAULT_CONNECTION_IDLE_TIMEOUT,
+        )?;
+        let half_close_timeout = parse_time_flag(
+            "half-close-timeout",
+            self.half_close_timeout,
+            DEFAULT_CONNECTION_IDLE_TIMEOUT,
+        )?;
+        // As HAProxy's `timeout queue` defaults to its `timeout connect`.
+        let queue_timeout = parse_time_flag("queue-timeout", self.queue_timeout, connect_timeout)?;
+        let keepalive = match self.keepalive.as_deref().map(str::trim) {
+            None | Some("auto") => KeepaliveMode::Auto,
+            Some("off") => KeepaliveMode::Off,
+            Some(_) => return Err(CliError::Keepalive(self.keepalive.unwrap_or_default())),
+        };
         let threads = match self.threads {
             None => DEFAULT_THREADS,
             Some(v) => match v.trim().parse::<usize>() {
@@ -196,8 +260,14 @@ impl Args {
             connect_timeout,
             drain_timeout,
             follow_backend: self.follow_backend,
+            session_timeout,
             threads,
             proxy_protocol,
+            idle_timeout,
+            half_close_timeout,
+            queue_timeout,
+            keepalive,
+            #[cfg(feature = "kernel-relay")]
             kernel_relay: self.kernel_relay,
         })
     }
@@ -315,6 +385,37 @@ mod tests {
         ] {
             assert_eq!(run(args).unwrap().proxy_protocol, Some(want), "{args:?}");
         }
+        assert_eq!(c.session_timeout, Some(DEFAULT_SESSION_TIMEOUT));
+        let c = run(&["--session-timeout=5s", "@x"]).unwrap();
+        assert_eq!(c.session_timeout, Some(Duration::from_secs(5)));
+        let c = run(&["--session-timeout=infinity", "@x"]).unwrap();
+        assert_eq!(c.session_timeout, None);
+    }
+
+    /// The timeout options parse; --queue-timeout follows --connect-timeout unless given.
+    #[test]
+    fn timeout_options() {
+        let c = run(&["@x"]).unwrap();
+        assert_eq!(c.idle_timeout, None);
+        assert_eq!(c.half_close_timeout, None);
+        assert_eq!(c.queue_timeout, Some(DEFAULT_CONNECT_TIMEOUT));
+        assert_eq!(c.keepalive, KeepaliveMode::Auto);
+        let c = run(&[
+            "--connection-idle-timeout=2s",
+            "--half-close-timeout=500ms",
+            "--connect-timeout=3s",
+            "--keepalive=off",
+            "@x",
+        ])
+        .unwrap();
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(2)));
+        assert_eq!(c.half_close_timeout, Some(Duration::from_millis(500)));
+        assert_eq!(c.queue_timeout, Some(Duration::from_secs(3)));
+        assert_eq!(c.keepalive, KeepaliveMode::Off);
+        let c = run(&["--queue-timeout=0", "--connect-timeout=infinity", "@x"]).unwrap();
+        assert_eq!(c.queue_timeout, Some(Duration::ZERO));
+        let c = run(&["--connect-timeout=infinity", "@x"]).unwrap();
+        assert_eq!(c.queue_timeout, None);
     }
 
     /// Bad command lines are refused with a message naming the flag or value.
@@ -369,6 +470,26 @@ mod tests {
             (
                 vec!["--drain-timeout=1e3", "a:1"],
                 "--drain-timeout= argument: 1e3",
+            ),
+            (
+                vec!["--session-timeout=1x", "a:1"],
+                "Failed to parse --session-timeout= argument: 1x",
+            ),
+            (
+                vec!["--queue-timeout=never", "a:1"],
+                "Failed to parse --queue-timeout= argument: never",
+            ),
+            (
+                vec!["--connection-idle-timeout=-2s", "a:1"],
+                "--connection-idle-timeout= argument: -2s",
+            ),
+            (
+                vec!["--half-close-timeout=", "a:1"],
+                "--half-close-timeout= argument: ",
+            ),
+            (
+                vec!["--keepalive=yes", "a:1"],
+                "Failed to parse --keepalive= argument: yes (expected auto or off)",
             ),
             (vec!["--bogus", "a:1"], "--bogus"),
             (

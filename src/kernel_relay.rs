@@ -25,11 +25,13 @@
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
-use crate::relay::{Moved, Progress};
+use crate::cli::Config;
+use crate::relay::{Moved, Progress, Timeouts};
 
 // From linux/bpf.h (checked against this machine's header).
 const BPF_MAP_CREATE: libc::c_int = 0;
@@ -447,6 +449,37 @@ fn kick(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// Sets up `--kernel-relay` for the daemon; where it cannot be, one warning says why and
+/// every relay stays in user space. The kernel relay cannot see when bytes last moved, so it
+/// is not used with `--connection-idle-timeout` or `--half-close-timeout` (the user-space
+/// relay enforces them).
+pub fn setup(config: &Config) -> Option<Arc<KernelRelay>> {
+    if !config.kernel_relay {
+        return None;
+    }
+    if config.idle_timeout.is_some() || config.half_close_timeout.is_some() {
+        tracing::warn!("--kernel-relay: the kernel relay does not enforce --connection-idle-timeout or --half-close-timeout; relaying in user space");
+        return None;
+    }
+    if !matches!(config.target, crate::target::Target::Inet { .. }) {
+        tracing::warn!("--kernel-relay: the backend is a unix socket, which the kernel relay does not take; relaying in user space");
+        return None;
+    }
+    let relays = config
+        .connections_max
+        .min(crate::limits::KERNEL_RELAY_MAX_RELAYS);
+    match KernelRelay::load(2 * relays) {
+        Ok(k) => {
+            tracing::debug!("kernel relay ready for {relays} connection(s) at once");
+            Some(Arc::new(k))
+        }
+        Err(e) => {
+            tracing::warn!("--kernel-relay: {e}; relaying in user space");
+            None
+        }
+    }
+}
+
 /// Relays between `client` and `backend` until both directions have seen EOF, or one side
 /// fails, counting in `progress`. In the kernel when `kernel` is given and both are TCP
 /// sockets; in user space ([`crate::relay::relay_counted`]) otherwise, and also when the
@@ -456,15 +489,16 @@ pub async fn relay(
     kernel: Option<&KernelRelay>,
     client: &AsyncFd<OwnedFd>,
     backend: &AsyncFd<OwnedFd>,
+    limits: Timeouts,
     progress: &Progress,
 ) -> io::Result<Moved> {
     let kernel = match kernel {
         Some(k) if eligible(client.get_ref(), backend.get_ref()) => k,
-        _ => return crate::relay::relay_counted(client, backend, progress).await,
+        _ => return crate::relay::relay_counted(client, backend, limits, progress).await,
     };
     match kernel_relay(kernel, client, backend, progress).await {
         Ok(Some(())) => Ok(progress.moved()),
-        Ok(None) => crate::relay::relay_counted(client, backend, progress).await,
+        Ok(None) => crate::relay::relay_counted(client, backend, limits, progress).await,
         Err(e) => {
             crate::relay::reset(client);
             crate::relay::reset(backend);

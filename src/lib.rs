@@ -7,13 +7,20 @@
 //!   [`number`] reads whole numbers as systemd's safe_atou() does.
 //! - [`activation`]: the listening (or, with `Accept=yes`, connected) sockets from LISTEN_FDS.
 //! - [`notify`]: READY=1, STATUS=, STOPPING=1 and WATCHDOG=1 to systemd.
+//! - [`lifecycle`]: what the stream and datagram sides share: the stop trigger, the
+//!   outcome, the activity the idle timer watches.
 //! - [`server`]: accept loops that take a client only once a backend connection is held,
 //!   the exact connection limit, the idle timer and the drain on stop.
 //! - [`target`] and [`backend`]: where to connect, and the shared cold-start probe.
+//! - [`datagram`]: the datagram relay (`ListenDatagram=`): per-client sessions, replies from
+//!   the address the client wrote to, and a cold start that keeps refused datagrams.
 //! - [`proxy_header`]: the PROXY protocol v1/v2 header sent first on a relayed backend
 //!   connection (`--proxy-protocol`).
 //! - [`relay`] and [`splice`]: the per-connection pump, read/write for small messages and
-//!   splice(2) for bulk, with half-close passed through.
+//!   splice(2) for bulk, with half-close passed through, the idle and half-close timeouts,
+//!   and why each relay ended.
+//! - [`keepalive`]: TCP keepalive on the listening sockets (inherited by clients), so a
+//!   vanished client is reset; the .socket unit's own settings win.
 //! - [`records`]: what is reported about the work (a connection's end, a backend
 //!   timeout, the exit summary), each with its journal fields.
 //! - [`logging`]: tracing to the journal with those fields when stderr is the journal,
@@ -21,11 +28,19 @@
 //!   cannot be reached).
 //! - [`limits`]: every timeout, schedule and size, in one place; [`tuning`] lets a
 //!   benchmark build (feature `tuning`) vary the relay's.
+//!
+//! Apart from the daemon: [`generator`] turns `/etc/rsproxyd/NAME.proxy` files into units
+//! (the `rsproxyd-generator` binary, a systemd.generator(7), does the file-system part).
 
 pub mod activation;
 pub mod backend;
 pub mod cli;
+pub mod datagram;
+pub mod generator;
+pub mod keepalive;
+#[cfg(feature = "kernel-relay")]
 pub mod kernel_relay;
+pub mod lifecycle;
 pub mod limits;
 pub mod logging;
 pub mod notify;

@@ -88,7 +88,95 @@ pub fn fd_backoff(n: u32) -> Duration {
 /// TLS ClientHello usually fits.
 pub const PROXY_EARLY_DATA: usize = 4096;
 
-// --- Kernel relay (--kernel-relay) ---
+// --- rsproxyd-generator ---------------------------------------------------------------------
+
+/// `ExitIdleTime=` of a generated proxy when the `.proxy` file gives none: scaling to zero is
+/// the point of a generated unit, so idle proxies (and their backends) go after 10 minutes.
+pub const GENERATED_EXIT_IDLE_TIME: &str = "10min";
+
+/// `ConnectionIdleTimeout=` of a generated proxy when the file gives none: as the contrib
+/// units, a relay silent for 10 minutes ends (FIN to both sides), so a client that keeps a
+/// connection open without using it cannot keep the service from scaling to zero.
+pub const GENERATED_CONNECTION_IDLE_TIMEOUT: &str = "10min";
+
+/// `HalfCloseTimeout=` of a generated proxy when the file gives none: a minute of silence
+/// after one side's FIN ends the relay, as in the contrib units.
+pub const GENERATED_HALF_CLOSE_TIMEOUT: &str = "1min";
+
+/// How much longer than the drain timeout systemd waits before it SIGKILLs a generated proxy
+/// (`TimeoutStopSec=`): 30 s drain + 15 s = the contrib units' 45 s.
+pub const GENERATED_STOP_MARGIN: Duration = Duration::from_secs(15);
+
+// --- Datagram sockets (ListenDatagram=, src/datagram.rs) -------------------------------------
+
+/// Default for `--session-timeout`: a datagram session with no datagram either way for this
+/// long ends (60 s, as Envoy's UDP proxy and rathole use).
+pub const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Receive buffer for one datagram: the largest UDP payload over IPv6 is 65,527 bytes (over
+/// IPv4 65,507), so every UDP datagram fits; a longer one (a unix datagram) is detected by
+/// MSG_TRUNC, counted and logged, never passed on cut short.
+pub const DATAGRAM_BUFFER: usize = 64 * 1024;
+
+/// A datagram sent to the backend with no ICMP error (ECONNREFUSED) within this long counts
+/// as delivered: a backend behind a filter that sends no ICMP at all must not stall anything.
+/// On loopback the error arrives within microseconds of the send.
+pub const DATAGRAM_REFUSAL_GRACE: Duration = Duration::from_millis(100);
+
+/// The slowest a cold-start probe datagram is resent: the kernel sends at most 1,000 ICMP
+/// errors a second (net.ipv4.icmp_msgs_per_sec), loopback included; probing at half that
+/// leaves room, so a refusal is not mistaken for a delivery because its ICMP was rate-limited.
+pub const DATAGRAM_PROBE_MIN_DELAY: Duration = Duration::from_millis(2);
+
+/// Datagrams one session keeps while its backend is cold; beyond that the oldest is dropped.
+pub const DATAGRAM_HELD_PER_SESSION: usize = 64;
+
+/// Bytes of datagrams all sessions together keep while the backend is cold.
+pub const DATAGRAM_HELD_BYTES: usize = 8 * 1024 * 1024;
+
+/// On stop, the datagram drain ends once no datagram has gone either way for this long: the
+/// replies to datagrams already forwarded have come by then (a local DNS answer takes
+/// milliseconds). `--drain-timeout` bounds it in any case.
+pub const DATAGRAM_REPLY_GRACE: Duration = Duration::from_millis(500);
+
+/// A burst of dropped datagrams ends after this long without a drop: the first drop of a burst
+/// is warned about, the rest only counted (and the count given in the next warning).
+pub const DATAGRAM_WARN_BURST: Duration = Duration::from_secs(10);
+
+/// Datagrams read from one listening socket per wake-up before other tasks get a turn.
+pub const DATAGRAM_RECV_BATCH: usize = 64;
+
+// --- Timeouts (issue 15): dead peers, silent connections, the -c queue -----------------
+
+/// TCP keepalive idle time rsproxyd sets when the .socket unit set no keepalive: a silent
+/// connection is probed after a minute (the kernel's own default is two hours).
+pub const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+/// Interval between unanswered keepalive probes.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Unanswered probes before the kernel resets the connection: a vanished peer is noticed
+/// within [`KEEPALIVE_IDLE`] + 6 x [`KEEPALIVE_INTERVAL`] = 2 minutes.
+pub const KEEPALIVE_PROBES: u32 = 6;
+
+/// TCP_USER_TIMEOUT set with those defaults: how long sent data may stay unacknowledged
+/// before the kernel gives up. Keepalive probes only run on a connection with nothing in
+/// flight; a client that vanishes mid-download would otherwise hold its relay for the
+/// ~15 minutes of retransmissions (tcp_retries2). The same 2 minutes as the keepalive.
+pub const USER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Default for `--connection-idle-timeout` and `--half-close-timeout`: none, as
+/// systemd-socket-proxyd (a relay may stay silent forever).
+pub const DEFAULT_CONNECTION_IDLE_TIMEOUT: Option<Duration> = None;
+
+/// While clients wait for a `-c` slot, how many times per `--queue-timeout` the accept
+/// queue is looked at: a queued client is closed at most this fraction late.
+pub const QUEUE_CHECKS_PER_TIMEOUT: u32 = 8;
+
+/// The shortest pause between two such looks.
+pub const QUEUE_CHECK_MIN: Duration = Duration::from_millis(10);
+
+// --- Kernel relay (--kernel-relay, cargo feature `kernel-relay`) ---
 
 /// At most this many relays at once go into the sockmap (each holds two entries in each of
 /// its two maps); past it a relay runs in user space. The maps' hash tables are sized for
@@ -101,7 +189,6 @@ pub const KERNEL_RELAY_FIN_YIELDS: u32 = 16;
 
 /// The sleep between those looks after the yields.
 pub const KERNEL_RELAY_FIN_POLL: Duration = Duration::from_millis(1);
-
 #[cfg(test)]
 mod tests {
     use super::*;

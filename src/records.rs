@@ -9,14 +9,21 @@
 use std::time::Duration;
 
 /// Why a relayed connection (or a datagram session) ended: the `CLOSE=` field.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum CloseReason {
-    /// Both directions finished with an orderly end of stream.
+    /// Both directions finished with an orderly end of stream (both FINs passed on).
+    #[default]
     Eof,
     /// A peer reset the connection (ECONNRESET, EPIPE).
     Reset,
-    /// The kernel or an idle timer gave up on a silent peer (ETIMEDOUT).
-    Timeout,
+    /// A peer stopped answering: TCP keepalive probes (or retransmissions) went unanswered
+    /// and the kernel gave up on the connection (ETIMEDOUT).
+    Keepalive,
+    /// `--connection-idle-timeout` (or, for a datagram session, `--session-timeout`): no
+    /// byte moved either way for that long.
+    IdleTimeout,
+    /// `--half-close-timeout`: one side had sent its FIN, and no byte moved for that long.
+    HalfCloseTimeout,
     /// The drain after SIGTERM ran out, or a second signal came: rsproxyd reset it.
     DrainCut,
     /// Any other failure, logged as a warning of its own.
@@ -24,12 +31,14 @@ pub enum CloseReason {
 }
 
 impl CloseReason {
-    /// The value of `CLOSE=`.
+    /// The value of `CLOSE=` (and of `reason=` in the debug log).
     pub fn as_str(&self) -> &'static str {
         match self {
             CloseReason::Eof => "eof",
             CloseReason::Reset => "reset",
-            CloseReason::Timeout => "timeout",
+            CloseReason::Keepalive => "keepalive",
+            CloseReason::IdleTimeout => "idle-timeout",
+            CloseReason::HalfCloseTimeout => "half-close-timeout",
             CloseReason::DrainCut => "drain-cut",
             CloseReason::Error => "error",
         }
@@ -39,10 +48,15 @@ impl CloseReason {
     pub fn of_error(e: &std::io::Error) -> Self {
         match e.raw_os_error() {
             Some(libc::ECONNRESET) | Some(libc::EPIPE) => CloseReason::Reset,
-            Some(libc::ETIMEDOUT) => CloseReason::Timeout,
-            _ if e.kind() == std::io::ErrorKind::TimedOut => CloseReason::Timeout,
+            Some(libc::ETIMEDOUT) => CloseReason::Keepalive,
             _ => CloseReason::Error,
         }
+    }
+}
+
+impl std::fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -282,7 +296,9 @@ mod tests {
         let table = [
             (CloseReason::Eof, "eof"),
             (CloseReason::Reset, "reset"),
-            (CloseReason::Timeout, "timeout"),
+            (CloseReason::Keepalive, "keepalive"),
+            (CloseReason::IdleTimeout, "idle-timeout"),
+            (CloseReason::HalfCloseTimeout, "half-close-timeout"),
             (CloseReason::DrainCut, "drain-cut"),
             (CloseReason::Error, "error"),
         ];
@@ -302,12 +318,9 @@ mod tests {
             (Error::from_raw_os_error(libc::EPIPE), CloseReason::Reset),
             (
                 Error::from_raw_os_error(libc::ETIMEDOUT),
-                CloseReason::Timeout,
+                CloseReason::Keepalive,
             ),
-            (
-                Error::new(ErrorKind::TimedOut, "idle"),
-                CloseReason::Timeout,
-            ),
+            (Error::new(ErrorKind::TimedOut, "other"), CloseReason::Error),
             (
                 Error::from_raw_os_error(libc::EHOSTUNREACH),
                 CloseReason::Error,

@@ -1,14 +1,17 @@
-//! One relayed connection: two directions, each byte-exact, with half-close passed through
-//! and an error on either side closing both.
+//! One relayed connection: two directions, each byte-exact, with half-close passed through,
+//! an error on either side closing both, the idle and half-close timeouts, and why it ended
+//! ([`CloseReason`]).
 
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{shutdown, Shutdown};
 use tokio::io::unix::AsyncFd;
 
+use crate::records::CloseReason;
 use crate::splice::Pipe;
 use crate::tuning::{copy_buffer, relay_mode, RelayMode};
 
@@ -17,64 +20,207 @@ thread_local! {
     static BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; copy_buffer()]);
 }
 
-/// Bytes moved in each direction of a finished relay.
+/// Bytes moved in each direction of a finished relay, and why it ended.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Moved {
     pub to_backend: u64,
     pub to_client: u64,
+    /// [`CloseReason::Eof`], [`CloseReason::IdleTimeout`] or
+    /// [`CloseReason::HalfCloseTimeout`]: the ends without an error.
+    pub reason: CloseReason,
 }
 
-/// Bytes moved so far in each direction, readable while the relay runs and after it failed
-/// or was cut short (for the "connection ended" record).
-#[derive(Debug, Default)]
+/// The relay's silence limits (`None`: none).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Timeouts {
+    /// `--connection-idle-timeout`.
+    pub idle: Option<Duration>,
+    /// `--half-close-timeout`.
+    pub half_close: Option<Duration>,
+}
+
+/// Why a relay with this result ended (a cut by the stop is known only to the caller).
+pub fn close_reason(result: &io::Result<Moved>) -> CloseReason {
+    match result {
+        Ok(m) => m.reason,
+        Err(e) => CloseReason::of_error(e),
+    }
+}
+
+/// Bytes moved so far each way, readable while the relay runs and after it failed or was
+/// cut short (for the connection-ended record and the exit summary), and, while a timeout is
+/// set, when the last byte moved. Updated per read or write with relaxed atomics, plus a clock
+/// read (vDSO, no system call) only when a timeout is set; the relay's one timer looks at it
+/// only when it fires.
+#[derive(Debug)]
 pub struct Progress {
-    to_backend: AtomicU64,
-    to_client: AtomicU64,
+    /// Whether [`Progress::touch`] notes the time (a timeout is set).
+    timed: AtomicBool,
+    start: Instant,
+    /// Milliseconds from `start` to the last byte moved (or FIN passed on).
+    last_ms: AtomicU64,
+    moved: [AtomicU64; 2],
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self {
+            timed: AtomicBool::new(false),
+            start: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            moved: [AtomicU64::new(0), AtomicU64::new(0)],
+        }
+    }
 }
 
 impl Progress {
     /// Counts bytes moved outside [`relay_counted`] (the kernel relay).
+    #[cfg(feature = "kernel-relay")]
     pub fn add(&self, to_backend: u64, to_client: u64) {
-        self.to_backend.fetch_add(to_backend, Ordering::Relaxed);
-        self.to_client.fetch_add(to_client, Ordering::Relaxed);
+        self.moved[0].fetch_add(to_backend, Ordering::Relaxed);
+        self.moved[1].fetch_add(to_client, Ordering::Relaxed);
     }
 
+    /// The bytes moved so far each way.
     pub fn moved(&self) -> Moved {
         Moved {
-            to_backend: self.to_backend.load(Ordering::Relaxed),
-            to_client: self.to_client.load(Ordering::Relaxed),
+            to_backend: self.moved[0].load(Ordering::Relaxed),
+            to_client: self.moved[1].load(Ordering::Relaxed),
+            reason: CloseReason::Eof,
         }
+    }
+
+    /// Notes that `n` bytes moved in direction `dir` (0: to the backend) just now.
+    #[inline]
+    fn touch(&self, dir: usize, n: usize) {
+        if n > 0 {
+            self.moved[dir].fetch_add(n as u64, Ordering::Relaxed);
+        }
+        if self.timed.load(Ordering::Relaxed) {
+            let ms = self.start.elapsed().as_millis() as u64;
+            self.last_ms.store(ms, Ordering::Relaxed);
+        }
+    }
+
+    fn last(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
     }
 }
 
-/// Relays between `client` and `backend` until both directions have seen EOF, or one side
-/// fails. EOF from one side becomes shutdown(SHUT_WR) on the other once its data is
-/// delivered; on an error both sockets are reset so neither peer waits for more.
-pub async fn relay(client: &AsyncFd<OwnedFd>, backend: &AsyncFd<OwnedFd>) -> io::Result<Moved> {
-    relay_counted(client, backend, &Progress::default()).await
+/// Relays between `client` and `backend` until both directions have seen EOF, one side
+/// fails, or a timeout in `limits` passes. EOF from one side becomes shutdown(SHUT_WR) on
+/// the other once its data is delivered; on an error both sockets are reset so neither
+/// peer waits for more; at a timeout both are shut down for writing (each peer sees a FIN,
+/// a normal close). The timeouts cost one timer per relay, armed only when one is set and
+/// re-armed when it fires (not per message).
+pub async fn relay(
+    client: &AsyncFd<OwnedFd>,
+    backend: &AsyncFd<OwnedFd>,
+    limits: Timeouts,
+) -> io::Result<Moved> {
+    relay_counted(client, backend, limits, &Progress::default()).await
 }
 
-/// [`relay`], counting the bytes moved in `progress` as they go.
+/// [`relay`], counting the bytes moved in `act` as they go.
 pub async fn relay_counted(
     client: &AsyncFd<OwnedFd>,
     backend: &AsyncFd<OwnedFd>,
-    progress: &Progress,
+    limits: Timeouts,
+    act: &Progress,
 ) -> io::Result<Moved> {
-    let result = tokio::try_join!(
-        pump(client, backend, &progress.to_backend),
-        pump(backend, client, &progress.to_client)
-    );
-    match result {
-        Ok((to_backend, to_client)) => Ok(Moved {
-            to_backend,
-            to_client,
-        }),
-        Err(e) => {
-            reset(client);
-            reset(backend);
-            Err(e)
-        }
+    if limits.idle.is_none() && limits.half_close.is_none() {
+        return match tokio::try_join!(pump(client, backend, act, 0), pump(backend, client, act, 1))
+        {
+            Ok((to_backend, to_client)) => Ok(Moved {
+                to_backend,
+                to_client,
+                reason: CloseReason::Eof,
+            }),
+            Err(e) => {
+                reset(client);
+                reset(backend);
+                Err(e)
+            }
+        };
     }
+    act.timed.store(true, Ordering::Relaxed);
+    act.touch(0, 0);
+    let up = pump(client, backend, act, 0);
+    let down = pump(backend, client, act, 1);
+    tokio::pin!(up, down);
+    let (mut to_backend, mut to_client) = (None, None);
+    let mut half_closed = false;
+    let deadline = |half_closed: bool| -> Option<Instant> {
+        let limit = match (limits.idle, limits.half_close.filter(|_| half_closed)) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        // None past the clock's range: a limit of centuries never fires.
+        act.last().checked_add(limit)
+    };
+    let far = Instant::now() + Duration::from_secs(86400 * 365);
+    let timer = tokio::time::sleep_until(deadline(false).unwrap_or(far).into());
+    tokio::pin!(timer);
+    let result = loop {
+        tokio::select! {
+            r = &mut up, if to_backend.is_none() => match r {
+                Ok(n) => to_backend = Some(n),
+                Err(e) => break Err(e),
+            },
+            r = &mut down, if to_client.is_none() => match r {
+                Ok(n) => to_client = Some(n),
+                Err(e) => break Err(e),
+            },
+            _ = &mut timer => {
+                let Some(at) = deadline(half_closed) else {
+                    timer.as_mut().reset(far.into());
+                    continue;
+                };
+                if Instant::now() < at {
+                    timer.as_mut().reset(at.into());
+                    continue;
+                }
+                // Whichever limit ran out: the shorter one once half-closed.
+                let reason = match (limits.idle, limits.half_close) {
+                    (Some(idle), Some(half)) if half_closed && half < idle => {
+                        CloseReason::HalfCloseTimeout
+                    }
+                    (None, Some(_)) => CloseReason::HalfCloseTimeout,
+                    _ => CloseReason::IdleTimeout,
+                };
+                for fd in [client, backend] {
+                    let _ = shutdown(fd.get_ref().as_raw_fd(), Shutdown::Write);
+                }
+                break Ok(Moved {
+                    to_backend: act.moved[0].load(Ordering::Relaxed),
+                    to_client: act.moved[1].load(Ordering::Relaxed),
+                    reason,
+                });
+            }
+        }
+        match (to_backend, to_client) {
+            (Some(a), Some(b)) => {
+                break Ok(Moved {
+                    to_backend: a,
+                    to_client: b,
+                    reason: CloseReason::Eof,
+                })
+            }
+            _ if !half_closed => {
+                // The first FIN: from now on the half-close timeout counts too.
+                half_closed = true;
+                if let Some(at) = deadline(true) {
+                    timer.as_mut().reset(at.into());
+                }
+            }
+            _ => {}
+        }
+    };
+    if result.is_err() {
+        reset(client);
+        reset(backend);
+    }
+    result
 }
 
 /// Makes closing `fd` send a reset instead of a FIN, so the peer sees the failure.
@@ -94,11 +240,13 @@ enum Step {
 
 /// Copies `src` to `dst` until EOF, then shuts down `dst` for writing. Starts with plain
 /// read/write (cheapest for small messages) and switches to splice once a read fills the
-/// buffer, i.e. once the direction carries bulk data. Adds what it moved to `moved` as it goes.
+/// buffer, i.e. once the direction carries bulk data.
+/// `act` notes each byte moved, as direction `dir` (0: to the backend).
 async fn pump(
     src: &AsyncFd<OwnedFd>,
     dst: &AsyncFd<OwnedFd>,
-    moved: &AtomicU64,
+    act: &Progress,
+    dir: usize,
 ) -> io::Result<u64> {
     let mut total = 0u64;
     let mut spill: Vec<u8> = Vec::new();
@@ -127,12 +275,16 @@ async fn pump(
             if n == 0 {
                 break;
             }
+            act.touch(dir, n);
             let mut left = n;
             while left > 0 {
                 match on_writable(dst, |_| p.drain(dst.get_ref(), left)).await {
-                    Ok(m) => left -= m,
+                    Ok(m) => {
+                        left -= m;
+                        act.touch(dir, 0);
+                    }
                     Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                        drain_pipe_by_copy(p, left, dst).await?;
+                        drain_pipe_by_copy(p, left, dst, act, dir).await?;
                         left = 0;
                         splice_ok = false;
                     }
@@ -140,7 +292,6 @@ async fn pump(
                 }
             }
             total += n as u64;
-            moved.fetch_add(n as u64, Ordering::Relaxed);
             if !splice_ok {
                 pipe = None;
             }
@@ -157,9 +308,9 @@ async fn pump(
             Step::Eof => break,
             Step::Data { n, full } => {
                 total += n as u64;
-                moved.fetch_add(n as u64, Ordering::Relaxed);
+                act.touch(dir, n);
                 if !spill.is_empty() {
-                    flush(dst, &mut spill).await?;
+                    flush(dst, &mut spill, act, dir).await?;
                 }
                 if full && splice_ok {
                     match Pipe::new() {
@@ -173,6 +324,8 @@ async fn pump(
             }
         }
     }
+    // The FIN passed on counts as activity: the half-close timeout runs from it.
+    act.touch(dir, 0);
     match shutdown(dst.get_ref().as_raw_fd(), Shutdown::Write) {
         Ok(()) | Err(nix::errno::Errno::ENOTCONN) => Ok(total),
         Err(e) => Err(e.into()),
@@ -206,13 +359,19 @@ fn copy_once(src: &OwnedFd, dst: &OwnedFd, spill: &mut Vec<u8>) -> io::Result<St
 }
 
 /// Writes all of `spill` to `dst`, waiting for room, and frees it.
-async fn flush(dst: &AsyncFd<OwnedFd>, spill: &mut Vec<u8>) -> io::Result<()> {
+async fn flush(
+    dst: &AsyncFd<OwnedFd>,
+    spill: &mut Vec<u8>,
+    act: &Progress,
+    dir: usize,
+) -> io::Result<()> {
     let mut off = 0;
     while off < spill.len() {
         off += on_writable(dst, |fd| {
             retry_eintr(|| nix::unistd::write(fd, &spill[off..]))
         })
         .await?;
+        act.touch(dir, 0);
     }
     *spill = Vec::new();
     Ok(())
@@ -223,13 +382,15 @@ async fn drain_pipe_by_copy(
     pipe: &Pipe,
     mut left: usize,
     dst: &AsyncFd<OwnedFd>,
+    act: &Progress,
+    dir: usize,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; left.min(crate::limits::COPY_BUFFER)];
     while left > 0 {
         let want = left.min(buf.len());
         let n = pipe.read_into(&mut buf[..want])?;
         let mut chunk = buf[..n].to_vec();
-        flush(dst, &mut chunk).await?;
+        flush(dst, &mut chunk, act, dir).await?;
         left -= n;
     }
     Ok(())
@@ -298,4 +459,128 @@ pub fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an OwnedFd is open for as long as it lives and always returns the same fd
     // number; the AsyncFd owns it until it is dropped.
     unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    /// Relays between two socket pairs with `limits`; `setup` acts on the client's and the
+    /// backend's far ends first. Returns the result, how long it took, and what each far
+    /// end read after it (0 = a FIN).
+    fn run(
+        limits: Timeouts,
+        setup: impl FnOnce(&mut UnixStream, &mut UnixStream),
+    ) -> (io::Result<Moved>, Duration, usize, usize) {
+        let (mut client_far, client_near) = UnixStream::pair().unwrap();
+        let (mut backend_far, backend_near) = UnixStream::pair().unwrap();
+        setup(&mut client_far, &mut backend_far);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let start = Instant::now();
+        let result = rt.block_on(async {
+            client_near.set_nonblocking(true).unwrap();
+            backend_near.set_nonblocking(true).unwrap();
+            let c = register(OwnedFd::from(client_near)).unwrap();
+            let b = register(OwnedFd::from(backend_near)).unwrap();
+            relay(&c, &b, limits).await
+        });
+        let took = start.elapsed();
+        let mut buf = [0u8; 16];
+        for s in [&client_far, &backend_far] {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        let mut drain = |s: &mut UnixStream| {
+            let mut n = 0;
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) => return n,
+                    Ok(k) => n += k,
+                    Err(e) => panic!("far end read {e}"),
+                }
+            }
+        };
+        let c = drain(&mut client_far);
+        let b = drain(&mut backend_far);
+        (result, took, c, b)
+    }
+
+    fn ms(n: u64) -> Option<Duration> {
+        Some(Duration::from_millis(n))
+    }
+
+    /// A silent relay ends at the idle timeout with a FIN to both sides, as `idle-timeout`.
+    #[test]
+    fn idle_timeout_ends_with_fins() {
+        let limits = Timeouts {
+            idle: ms(200),
+            half_close: None,
+        };
+        let (r, took, c, b) = run(limits, |c, _| c.write_all(b"hello").unwrap());
+        let m = r.unwrap();
+        assert_eq!(m.reason, CloseReason::IdleTimeout);
+        assert_eq!(m.to_backend, 5);
+        assert_eq!(
+            (c, b),
+            (0, 5),
+            "the backend got the bytes, then a FIN; the client a FIN"
+        );
+        assert!(
+            took >= Duration::from_millis(190) && took < Duration::from_secs(3),
+            "{took:?}"
+        );
+    }
+
+    /// After one side's FIN the half-close timeout applies, and is named when it is the
+    /// shorter limit; when the idle timeout is shorter, that one is named.
+    #[test]
+    fn half_close_timeout_and_which_limit_is_named() {
+        let table = [
+            (ms(5000), ms(200), CloseReason::HalfCloseTimeout),
+            (None, ms(200), CloseReason::HalfCloseTimeout),
+            (ms(200), ms(5000), CloseReason::IdleTimeout),
+        ];
+        for (idle, half_close, want) in table {
+            let limits = Timeouts { idle, half_close };
+            let (r, took, _, _) = run(limits, |c, _| {
+                c.write_all(b"req").unwrap();
+                c.shutdown(std::net::Shutdown::Write).unwrap();
+            });
+            assert_eq!(r.unwrap().reason, want, "{limits:?}");
+            assert!(took < Duration::from_secs(3), "{limits:?}: {took:?}");
+        }
+    }
+
+    /// Both FINs end the relay normally as `eof`, timeouts set or not; a reset is
+    /// `reset`, ETIMEDOUT (keepalive) is `keepalive`.
+    #[test]
+    fn close_reasons() {
+        for limits in [
+            Timeouts::default(),
+            Timeouts {
+                idle: ms(5000),
+                half_close: ms(5000),
+            },
+            // Beyond what an Instant can hold: no overflow, simply no limit.
+            Timeouts {
+                idle: Some(Duration::MAX),
+                half_close: Some(Duration::MAX),
+            },
+        ] {
+            let (r, _, _, _) = run(limits, |c, b| {
+                c.shutdown(std::net::Shutdown::Write).unwrap();
+                b.shutdown(std::net::Shutdown::Write).unwrap();
+            });
+            assert_eq!(close_reason(&r), CloseReason::Eof);
+        }
+        let err = |n| Err(io::Error::from_raw_os_error(n));
+        assert_eq!(close_reason(&err(libc::ECONNRESET)), CloseReason::Reset);
+        assert_eq!(close_reason(&err(libc::ETIMEDOUT)), CloseReason::Keepalive);
+        assert_eq!(close_reason(&err(libc::EIO)), CloseReason::Error);
+        assert_eq!(CloseReason::HalfCloseTimeout.as_str(), "half-close-timeout");
+    }
 }

@@ -2,89 +2,26 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::socket::{accept4, SockFlag};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
-use tokio_util::sync::CancellationToken;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use crate::activation::Activated;
 use crate::backend::{is_fd_exhaustion, Backend, ConnectError, Health};
 use crate::cli::Config;
-use crate::limits::{fd_backoff, RESET_GRACE, STATUS_INTERVAL};
+use crate::lifecycle::{Activity, Busy, Tracked};
+use crate::limits::{
+    fd_backoff, QUEUE_CHECKS_PER_TIMEOUT, QUEUE_CHECK_MIN, RESET_GRACE, STATUS_INTERVAL,
+};
 use crate::notify::Notifier;
 use crate::records::{BackendTimedOut, CloseReason, ConnectionEnded, Summary};
 
-/// Why the daemon stopped.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// `--exit-idle-time` passed with no connection.
-    Idle,
-    /// SIGTERM or SIGINT (or the caller's own stop).
-    Stopped,
-    /// `--follow-backend`: the backend went away after it had been up.
-    BackendGone,
-    /// `--follow-backend`: the backend did not come up within `--connect-timeout`.
-    BackendTimedOut,
-    /// `Accept=yes`: the passed connection(s) were relayed.
-    Finished,
-    /// `Accept=yes`: the backend could not be reached for the passed connection.
-    ConnectFailed,
-}
-
-impl Outcome {
-    /// Exit status: 0 for orderly ends, 1 when a passed connection could not be served.
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Outcome::ConnectFailed => 1,
-            _ => 0,
-        }
-    }
-}
-
-/// The stop trigger: one cancellation root and the first reason given.
-#[derive(Clone, Debug, Default)]
-pub struct Stop {
-    token: CancellationToken,
-    reason: Arc<OnceLock<Outcome>>,
-    /// Cut the relays still open (drain timeout or a second signal): they are reset, so no
-    /// client mistakes a cut transfer for a complete one.
-    cut: CancellationToken,
-}
-
-impl Stop {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Asks the daemon to stop; the first reason given wins.
-    pub fn request(&self, why: Outcome) {
-        let _ = self.reason.set(why);
-        self.token.cancel();
-    }
-
-    /// Stops at once: relays still open are reset rather than drained.
-    pub fn cut_now(&self) {
-        self.request(Outcome::Stopped);
-        self.cut.cancel();
-    }
-
-    pub fn is_requested(&self) -> bool {
-        self.token.is_cancelled()
-    }
-
-    pub async fn requested(&self) {
-        self.token.cancelled().await
-    }
-
-    fn outcome(&self) -> Outcome {
-        self.reason.get().cloned().unwrap_or(Outcome::Stopped)
-    }
-}
+pub use crate::lifecycle::{Outcome, Stop};
 
 /// State shared by the accept loops and the relays.
 struct Shared {
@@ -92,7 +29,7 @@ struct Shared {
     backend: Backend,
     limit: Arc<Semaphore>,
     /// Connections being relayed, plus clients the accept loops are getting a backend for.
-    active: watch::Sender<usize>,
+    activity: Activity,
     served: AtomicU64,
     /// Bytes relayed by the connections that ended, each way, and the most relayed at once:
     /// the exit summary.
@@ -102,22 +39,17 @@ struct Shared {
     stop: Stop,
     relays: TaskTracker,
     /// `--kernel-relay`, when the kernel let it be set up.
+    #[cfg(feature = "kernel-relay")]
     kernel: Option<Arc<crate::kernel_relay::KernelRelay>>,
+    /// The datagram sockets' relay (idle when none were passed).
+    datagrams: crate::datagram::Datagrams,
+    /// Relays ended by keepalive, the idle timeout and the half-close timeout, for STATUS=.
+    timed_out: [AtomicU64; 3],
 }
 
-/// Counts one unit of activity for the idle timer while it lives.
-struct Busy(Arc<Shared>);
-
-impl Busy {
-    fn new(shared: &Arc<Shared>) -> Self {
-        shared.active.send_modify(|n| *n += 1);
-        Busy(shared.clone())
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.0.active.send_modify(|n| *n -= 1);
+impl Tracked for Arc<Shared> {
+    fn activity(&self) -> &Activity {
+        &self.activity
     }
 }
 
@@ -130,24 +62,49 @@ pub async fn run(
     stop: Stop,
 ) -> anyhow::Result<Outcome> {
     let backend = Backend::new(config.target.clone(), config.follow_backend);
-    let kernel = kernel_relay(&config);
+    #[cfg(feature = "kernel-relay")]
+    let kernel = crate::kernel_relay::setup(&config);
+    let (datagram, sockets): (Vec<_>, Vec<_>) = sockets.into_iter().partition(|s| s.datagram);
+    let activity = Activity::new();
+    if config.proxy_protocol.is_some() && !datagram.is_empty() {
+        tracing::warn!(
+            "--proxy-protocol applies to stream connections only: datagrams are relayed without a header"
+        );
+    }
+    let datagram = datagram
+        .into_iter()
+        .map(|s| crate::datagram::Passed {
+            fd: s.fd,
+            number: s.number,
+        })
+        .collect();
+    let datagrams =
+        crate::datagram::start(&config, datagram, stop.clone(), activity.clone()).await?;
     let shared = Arc::new(Shared {
         limit: Arc::new(Semaphore::new(config.connections_max)),
         backend,
         config,
-        active: watch::Sender::new(0),
+        activity,
         served: AtomicU64::new(0),
         to_backend: AtomicU64::new(0),
         to_client: AtomicU64::new(0),
         peak: AtomicUsize::new(0),
+        #[cfg(feature = "kernel-relay")]
         kernel,
         stop: stop.clone(),
         relays: TaskTracker::new(),
+        datagrams,
+        timed_out: Default::default(),
     });
     let (listening, connected): (Vec<_>, Vec<_>) = sockets.into_iter().partition(|s| s.listening);
     let mut listeners = Vec::new();
     let mut loops = tokio::task::JoinSet::new();
     for sock in listening {
+        use std::os::fd::AsFd;
+        match crate::keepalive::prepare_listener(sock.fd.as_fd(), shared.config.keepalive) {
+            Ok(d) => tracing::debug!("fd {}: TCP keepalive: {d:?}", sock.number),
+            Err(e) => tracing::warn!("fd {}: cannot set TCP keepalive: {e}", sock.number),
+        }
         let fd = Arc::new(crate::relay::register(sock.fd).map_err(|e| {
             anyhow::anyhow!(
                 "cannot watch passed fd {} for connections: {e}",
@@ -160,12 +117,20 @@ pub async fn run(
     if !connected.is_empty() {
         let s = shared.clone();
         let clients: Vec<OwnedFd> = connected.into_iter().map(|c| c.fd).collect();
-        let only = listeners.is_empty();
+        for c in &clients {
+            use std::os::fd::AsFd;
+            if let Err(e) = crate::keepalive::prepare_listener(c.as_fd(), s.config.keepalive) {
+                tracing::warn!("cannot set TCP keepalive on the passed connection: {e}");
+            }
+        }
+        let only = listeners.is_empty() && shared.datagrams.sockets().is_empty();
         tokio::spawn(async move { serve_passed_connections(s, clients, only).await });
     }
     notifier.send(&format!("READY=1\nSTATUS={}", status_text(&shared)));
     if let Some(idle) = shared.config.exit_idle_time {
-        tokio::spawn(idle_timer(shared.clone(), idle, listeners.clone()));
+        let mut watched = listeners.clone();
+        watched.extend(shared.datagrams.sockets().iter().cloned());
+        tokio::spawn(idle_timer(shared.clone(), idle, watched));
     }
     let notifier = Arc::new(notifier);
     tokio::spawn(status_updates(shared.clone(), notifier.clone()));
@@ -194,8 +159,11 @@ pub async fn run(
     shared.relays.close();
     let grace = shared.config.drain_timeout;
     let drained = tokio::select! {
-        r = tokio::time::timeout(grace, shared.relays.wait()) => r.is_ok(),
-        _ = stop.cut.cancelled() => shared.relays.is_empty(),
+        r = tokio::time::timeout(grace, async {
+            shared.relays.wait().await;
+            shared.datagrams.wait().await;
+        }) => r.is_ok(),
+        _ = stop.cut.cancelled() => shared.relays.is_empty() && shared.datagrams.is_idle(),
     };
     if !drained {
         if !stop.cut.is_cancelled() {
@@ -205,7 +173,11 @@ pub async fn run(
             );
         }
         stop.cut.cancel();
-        let _ = tokio::time::timeout(RESET_GRACE, shared.relays.wait()).await;
+        let _ = tokio::time::timeout(RESET_GRACE, async {
+            shared.relays.wait().await;
+            shared.datagrams.wait().await;
+        })
+        .await;
     }
     Summary {
         backend: shared.backend.target().to_string(),
@@ -217,30 +189,6 @@ pub async fn run(
     }
     .log();
     Ok(outcome)
-}
-
-/// Sets up `--kernel-relay`; where it cannot be, one warning says why.
-fn kernel_relay(config: &Config) -> Option<Arc<crate::kernel_relay::KernelRelay>> {
-    if !config.kernel_relay {
-        return None;
-    }
-    if !matches!(config.target, crate::target::Target::Inet { .. }) {
-        tracing::warn!("--kernel-relay: the backend is a unix socket, which the kernel relay does not take; relaying in user space");
-        return None;
-    }
-    let relays = config
-        .connections_max
-        .min(crate::limits::KERNEL_RELAY_MAX_RELAYS);
-    match crate::kernel_relay::KernelRelay::load(2 * relays) {
-        Ok(k) => {
-            tracing::debug!("kernel relay ready for {relays} connection(s) at once");
-            Some(Arc::new(k))
-        }
-        Err(e) => {
-            tracing::warn!("--kernel-relay: {e}; relaying in user space");
-            None
-        }
-    }
 }
 
 fn describe(o: &Outcome) -> &'static str {
@@ -259,6 +207,7 @@ fn describe(o: &Outcome) -> &'static str {
 async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, number: RawFd) {
     let stop = shared.stop.clone();
     let mut fd_trouble: u32 = 0;
+    let mut burst = Burst::default();
     loop {
         let guard = tokio::select! {
             biased;
@@ -279,10 +228,11 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, numbe
             guard.clear_ready();
             continue;
         }
-        let permit: OwnedSemaphorePermit = tokio::select! {
-            biased;
-            _ = stop.requested() => return,
-            p = shared.limit.clone().acquire_owned() => p.expect("the limit semaphore is never closed"),
+        let permit: OwnedSemaphorePermit = match acquire_slot(&shared, &listener, &mut burst).await
+        {
+            Slot::Got(p) => p,
+            Slot::Refused => continue,
+            Slot::Stop => return,
         };
         let busy = Busy::new(&shared);
         let backend = {
@@ -451,7 +401,12 @@ fn spawn_relay(
     let started = Instant::now();
     let totals = shared.clone();
     let proxy_protocol = shared.config.proxy_protocol;
+    #[cfg(feature = "kernel-relay")]
     let kernel = shared.kernel.clone();
+    let limits = crate::relay::Timeouts {
+        idle: shared.config.idle_timeout,
+        half_close: shared.config.half_close_timeout,
+    };
     shared.relays.spawn(async move {
         let _hold = (permit, busy);
         let client = match crate::relay::register(client) {
@@ -488,27 +443,43 @@ fn spawn_relay(
         let progress = crate::relay::Progress::default();
         let close = async {
             tracing::debug!("open");
+            #[cfg(feature = "kernel-relay")]
+            let relaying =
+                crate::kernel_relay::relay(kernel.as_deref(), &client, &backend, limits, &progress);
+            #[cfg(not(feature = "kernel-relay"))]
+            let relaying = crate::relay::relay_counted(&client, &backend, limits, &progress);
             let relayed = tokio::select! {
-                r = crate::kernel_relay::relay(kernel.as_deref(), &client, &backend, &progress) => r,
+                r = relaying => r,
                 _ = cut.cancelled() => {
                     crate::relay::reset(&client);
                     crate::relay::reset(&backend);
                     return CloseReason::DrainCut;
                 }
             };
+            let reason = crate::relay::close_reason(&relayed);
+            if let Some(i) = match reason {
+                CloseReason::Keepalive => Some(0),
+                CloseReason::IdleTimeout => Some(1),
+                CloseReason::HalfCloseTimeout => Some(2),
+                _ => None,
+            } {
+                totals.timed_out[i].fetch_add(1, Ordering::Relaxed);
+            }
             match relayed {
-                Ok(_) => CloseReason::Eof,
-                Err(e) if is_peer_abort(&e) => CloseReason::Reset,
+                Ok(_) => {}
+                Err(e) if matches!(reason, CloseReason::Reset | CloseReason::Keepalive) => {
+                    tracing::debug!(reason = %reason, "ended: {e}")
+                }
                 Err(e) => {
                     let peer = if debug {
                         peer.clone()
                     } else {
                         peer_name(&client)
                     };
-                    tracing::warn!("relay {peer} <-> {target} failed: {e}");
-                    CloseReason::of_error(&e)
+                    tracing::warn!(reason = %reason, "relay {peer} <-> {target} failed: {e}");
                 }
             }
+            reason
         }
         .instrument(span)
         .await;
@@ -596,24 +567,33 @@ async fn serve_passed_connections(shared: Arc<Shared>, clients: Vec<OwnedFd>, on
 }
 
 /// Stops the daemon after `idle` with no activity, from start-up and whenever the count of
-/// connections drops to zero; never while clients wait in a listener's queue.
+/// connections drops to zero, and no datagram either way for `idle`; never while clients or
+/// datagrams wait in a passed socket.
 async fn idle_timer(shared: Arc<Shared>, idle: Duration, listeners: Vec<Arc<AsyncFd<OwnedFd>>>) {
-    let mut active = shared.active.subscribe();
-    loop {
+    let mut active = shared.activity.subscribe();
+    'outer: loop {
         tokio::select! {
             _ = shared.stop.requested() => return,
             r = active.wait_for(|n| *n == 0) => if r.is_err() { return },
         }
-        tokio::select! {
-            _ = shared.stop.requested() => return,
-            _ = active.changed() => continue,
-            _ = tokio::time::sleep(idle) => {}
+        // Idle from now, or from the last datagram relayed, whichever is later.
+        let mut until = Instant::now() + idle;
+        loop {
+            tokio::select! {
+                _ = shared.stop.requested() => return,
+                _ = active.changed() => continue 'outer,
+                _ = tokio::time::sleep_until(until.into()) => {}
+            }
+            match shared.activity.last_datagram() {
+                Some(t) if t + idle > Instant::now() => until = t + idle,
+                _ => break,
+            }
         }
         if *active.borrow() == 0 && !any_queued(&listeners) {
             shared.stop.request(Outcome::Idle);
             return;
         }
-        // A client is queued but not yet picked up: look again shortly.
+        // A client or datagram is queued but not yet picked up: look again shortly.
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
 }
@@ -642,7 +622,19 @@ fn status_text(shared: &Shared) -> String {
         ),
         Health::Down(e) => format!("backend {target} down: {e}"),
     };
-    format!("{active} active, {served} served; {backend}")
+    let [keepalive, idle, half] = shared
+        .timed_out
+        .each_ref()
+        .map(|n| n.load(Ordering::Relaxed));
+    let ended = if keepalive + idle + half > 0 {
+        format!("; ended by keepalive {keepalive}, idle timeout {idle}, half-close timeout {half}")
+    } else {
+        String::new()
+    };
+    match shared.datagrams.status() {
+        Some(udp) => format!("{active} active, {served} served; {udp}; {backend}{ended}"),
+        None => format!("{active} active, {served} served; {backend}{ended}"),
+    }
 }
 
 /// Refreshes STATUS= when it changed, at most every [`STATUS_INTERVAL`].
@@ -661,6 +653,113 @@ async fn status_updates(shared: Arc<Shared>, notifier: Arc<Notifier>) {
         if now != last {
             notifier.send(&format!("STATUS={now}"));
             last = now;
+        }
+    }
+}
+
+/// What waiting for a `-c` slot led to.
+enum Slot {
+    Got(OwnedSemaphorePermit),
+    /// The clients that waited `--queue-timeout` were closed and none is left queued.
+    Refused,
+    Stop,
+}
+
+/// The clients closed for want of a slot since the last one served: one warning each.
+#[derive(Default)]
+struct Burst {
+    /// Closed in this burst; 0 when none is under way.
+    closed: usize,
+    /// Closed when the warning was logged.
+    warned: usize,
+}
+
+impl Burst {
+    fn closed(&mut self, n: usize, shared: &Shared, waited: Duration) {
+        if self.closed == 0 {
+            tracing::warn!(
+                "Hit connection limit of {} (--connections-max): closed {n} client(s) that waited {:.1}s for a slot (--queue-timeout)",
+                shared.config.connections_max,
+                waited.as_secs_f64()
+            );
+            self.warned = n;
+        }
+        self.closed += n;
+    }
+
+    /// A slot was had: the burst is over.
+    fn end(&mut self) {
+        if self.closed > self.warned {
+            tracing::warn!(
+                "Hit connection limit: {} client(s) closed unserved in all in that burst",
+                self.closed
+            );
+        }
+        *self = Burst::default();
+    }
+}
+
+/// Waits for a `-c` slot for the clients queued on `listener`, for at most
+/// `--queue-timeout` each: the queue is looked at [`QUEUE_CHECKS_PER_TIMEOUT`] times per
+/// timeout, and the clients that were already queued one timeout ago are accepted and
+/// closed (the accept queue is first in, first out, and nothing else accepts from it
+/// meanwhile). A unix listener cannot tell its queue length: all of its queue is closed
+/// once a client has been waiting that long. Only this wait counts: a client waiting for
+/// a cold backend holds a slot already, and `--connect-timeout` bounds that.
+async fn acquire_slot(
+    shared: &Arc<Shared>,
+    listener: &Arc<AsyncFd<OwnedFd>>,
+    burst: &mut Burst,
+) -> Slot {
+    if let Ok(p) = shared.limit.clone().try_acquire_owned() {
+        burst.end();
+        return Slot::Got(p);
+    }
+    let stop = &shared.stop;
+    let acquire = shared.limit.clone().acquire_owned();
+    tokio::pin!(acquire);
+    let Some(limit) = shared.config.queue_timeout else {
+        return tokio::select! {
+            biased;
+            _ = stop.requested() => Slot::Stop,
+            p = &mut acquire => Slot::Got(p.expect("the limit semaphore is never closed")),
+        };
+    };
+    let fd = listener.get_ref().as_raw_fd();
+    let step = (limit / QUEUE_CHECKS_PER_TIMEOUT).max(QUEUE_CHECK_MIN);
+    // (when, queue length then): the first `len` clients queued now were there at `when`.
+    let mut seen: std::collections::VecDeque<(Instant, Option<usize>)> = Default::default();
+    loop {
+        let now = Instant::now();
+        seen.push_back((now, accept_queue_len(fd)));
+        let mut due = None;
+        while let Some(&(when, len)) = seen.front() {
+            if now.duration_since(when) < limit {
+                break;
+            }
+            due = Some((when, len));
+            seen.pop_front();
+        }
+        if let Some((when, len)) = due {
+            let closed = close_up_to(fd, len);
+            if closed > 0 {
+                burst.closed(closed, shared, now.duration_since(when).max(limit));
+                for (_, l) in seen.iter_mut() {
+                    *l = l.map(|l| l.saturating_sub(closed));
+                }
+            }
+            if !any_queued(std::slice::from_ref(listener)) {
+                return Slot::Refused;
+            }
+        }
+        tokio::select! {
+            biased;
+            _ = stop.requested() => return Slot::Stop,
+            p = &mut acquire => {
+                burst.end();
+                return Slot::Got(p.expect("the limit semaphore is never closed"));
+            }
+            _ = tokio::time::sleep(step) => {}
         }
     }
 }

@@ -11,7 +11,8 @@ enum Fd3 {
     Closed,
     Listener,
     File,
-    Udp,
+    /// A unix SOCK_SEQPACKET socket (datagram sockets are relayed; these are not).
+    Seqpacket,
 }
 
 fn run(
@@ -29,7 +30,11 @@ fn run(
         Fd3::Closed => None,
         Fd3::Listener => Some(std::net::TcpListener::bind("127.0.0.1:0").unwrap().into()),
         Fd3::File => Some(std::fs::File::open("/dev/null").unwrap().into()),
-        Fd3::Udp => Some(std::net::UdpSocket::bind("127.0.0.1:0").unwrap().into()),
+        Fd3::Seqpacket => Some(
+            socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::SEQPACKET, None)
+                .unwrap()
+                .into(),
+        ),
     };
     let raw = fd.as_ref().map(|f| f.as_raw_fd());
     let mut cmd = Command::new("/bin/sh");
@@ -196,8 +201,8 @@ fn error_table() {
             &["127.0.0.1:80"],
             ok_env,
             None,
-            Udp,
-            "fd 3 is a datagram socket",
+            Seqpacket,
+            "fd 3 is a seqpacket",
         ),
     ];
     for (args, fds, pid, fd3, want) in table {

@@ -1,6 +1,7 @@
 //! `--kernel-relay` through the real binary: the relay's behaviours with the bytes moved by
 //! the kernel (BPF sockmap). Needs root (CAP_BPF and CAP_NET_ADMIN); each test says so and
 //! passes without checking anything when not root.
+#![cfg(feature = "kernel-relay")]
 
 mod common;
 
@@ -514,4 +515,33 @@ fn unix_backend_warns_once_and_relays() {
     assert!(log.contains("unix socket"), "{log}");
     assert_eq!(in_kernel(&proxy), 0);
     let _ = std::fs::remove_file(&path);
+}
+
+/// With `--connection-idle-timeout` or `--half-close-timeout`, which the kernel relay cannot
+/// enforce: one warning naming them, no relay in the kernel, and the idle timeout still ends
+/// a silent relay (the user-space relay enforces it).
+#[test]
+fn timeouts_keep_the_relay_in_user_space() {
+    if !root() {
+        return;
+    }
+    let backend = echo_backend();
+    for flag in [
+        "--connection-idle-timeout=300ms",
+        "--half-close-timeout=300ms",
+    ] {
+        let (proxy, addr) = kernel_proxy(&backend.addr.to_string(), &[flag]);
+        assert_eq!(exchange(addr, b"hello").unwrap(), b"hello");
+        let log = proxy.stderr();
+        assert_eq!(log.matches("--kernel-relay:").count(), 1, "{flag}: {log}");
+        assert!(log.contains("--connection-idle-timeout"), "{flag}: {log}");
+        assert_eq!(in_kernel(&proxy), 0, "{flag}: {log}");
+        if flag.starts_with("--connection-idle-timeout") {
+            // A silent relay is ended with a FIN: the read sees EOF, not the read deadline.
+            let mut c = TcpStream::connect(addr).unwrap();
+            c.set_read_timeout(Some(DEADLINE)).unwrap();
+            let mut buf = [0u8; 16];
+            assert_eq!(c.read(&mut buf).unwrap(), 0, "{flag}: {}", proxy.stderr());
+        }
+    }
 }

@@ -46,17 +46,23 @@ fn soak_nothing_lost_corrupted_or_hung() {
     let (backend, stats) = rt.block_on(soak::start_backend(buf, cfg.hung_after));
     let listener = deep_listener();
     let addr = listener.local_addr().unwrap();
-    // In kernel-relay mode (RSPROXYD_TEST_KERNEL_RELAY=1), count the relays that went in.
-    let env: &[(&str, &str)] = if kernel_relay_mode() {
-        &[("RUST_LOG", "rsproxyd::kernel_relay=debug")]
+    // In kernel-relay mode (RSPROXYD_TEST_KERNEL_RELAY=1), count the relays that went in,
+    // and leave out the idle and half-close timeouts, which the kernel relay does not
+    // enforce (with them it would relay everything in user space).
+    let (env, timeouts): (&[(&str, &str)], &[&str]) = if kernel_relay_mode() {
+        (&[("RUST_LOG", "rsproxyd::kernel_relay=debug")], &[])
     } else {
-        &[]
+        (
+            &[],
+            &["--connection-idle-timeout=5s", "--half-close-timeout=5s"],
+        )
     };
-    let proxy = spawn_with_fd(
-        listener.into(),
-        &["-c", &limit.to_string(), &backend.to_string()],
-        env,
-    );
+    let limit_arg = limit.to_string();
+    let backend_arg = backend.to_string();
+    let mut args = vec!["-c", limit_arg.as_str()];
+    args.extend_from_slice(timeouts);
+    args.push(&backend_arg);
+    let proxy = spawn_with_fd(listener.into(), &args, env);
     let pid = proxy.pid();
 
     // Warm up (the runtime and its fds exist once a connection was served), then measure.
@@ -1268,8 +1274,16 @@ fn bad_input_table() {
             "unexpected value 'yes' for '--follow-backend'",
         ),
         cli(
-            s(&["--proxy-protocol=v1", "a:1"]),
-            "unexpected argument '--proxy-protocol'",
+            s(&["--proxy-protocol=v3", "a:1"]),
+            "Failed to parse --proxy-protocol= argument: v3 (expected one of: v1, v2)",
+        ),
+        cli(
+            s(&["--queue-timeout=soon", "a:1"]),
+            "Failed to parse --queue-timeout= argument: soon",
+        ),
+        cli(
+            s(&["--session-timeout=-1s", "a:1"]),
+            "Failed to parse --session-timeout= argument: -1s",
         ),
         cli(s(&["-x", "a:1"]), "unexpected argument '-x'"),
         // LISTEN_* environment
@@ -1345,17 +1359,18 @@ fn bad_input_table() {
             vec![SeqPacketListener],
             "fd 3 is a seqpacket socket",
         ),
+        // Datagram sockets are relayed (ListenDatagram=); the fd after one is still checked.
         env(
-            Some("1"),
+            Some("2"),
             ours.clone(),
-            vec![UnixDatagram],
-            "fd 3 is a datagram socket",
+            vec![UnixDatagram, DevNull],
+            "fd 4 is not a socket",
         ),
         env(
             Some("2"),
             ours.clone(),
-            vec![Listener, Udp],
-            "fd 4 is a datagram socket",
+            vec![Udp, SeqPacketListener],
+            "fd 4 is a seqpacket socket",
         ),
         env(
             Some("2"),

@@ -30,8 +30,16 @@ pub struct Proxy {
 
 /// True when `RSPROXYD_TEST_KERNEL_RELAY=1`: every rsproxyd the tests start then runs with
 /// `--kernel-relay`, so the suites check the kernel relay too.
+/// The binary has `--kernel-relay` only when built with the cargo feature `kernel-relay`;
+/// asking for the mode without it stops the test with a message saying so, rather than
+/// passing with the user-space relay.
 pub fn kernel_relay_mode() -> bool {
-    std::env::var_os("RSPROXYD_TEST_KERNEL_RELAY").is_some_and(|v| v == "1")
+    let asked = std::env::var_os("RSPROXYD_TEST_KERNEL_RELAY").is_some_and(|v| v == "1");
+    assert!(
+        !asked || cfg!(feature = "kernel-relay"),
+        "RSPROXYD_TEST_KERNEL_RELAY=1 needs the kernel relay: run with --features kernel-relay"
+    );
+    asked
 }
 
 /// Starts rsproxyd with `socket` as fd 3, LISTEN_FDS=1 and LISTEN_PID set to its own pid
@@ -65,27 +73,9 @@ pub fn spawn_with_fd(socket: OwnedFd, args: &[&str], env: &[(&str, &str)]) -> Pr
             Ok(())
         });
     }
-    let mut child = cmd.spawn().expect("spawn rsproxyd");
+    let child = cmd.spawn().expect("spawn rsproxyd");
     drop(socket);
-    let stderr = Arc::new(Mutex::new(String::new()));
-    let mut pipe = child.stderr.take().expect("stderr piped");
-    let sink = stderr.clone();
-    let reader = thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    Proxy {
-        child,
-        stderr,
-        reader: Some(reader),
-    }
+    capture(child)
 }
 
 /// Starts rsproxyd in front of `target` on a fresh 127.0.0.1:0 listener; returns its address.
@@ -261,4 +251,76 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// Starts rsproxyd with `sockets` as fds 3, 4, ... and LISTEN_FDS set to their number (a
+/// stream and a datagram socket on one port, as a .socket unit with both passes them).
+pub fn spawn_with_fds(sockets: Vec<OwnedFd>, args: &[&str], env: &[(&str, &str)]) -> Proxy {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
+        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
+        .arg(bin())
+        .args(args)
+        .env("LISTEN_FDS", sockets.len().to_string())
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    // Above every fd the child will be given, so that the dup2 calls below never overwrite a
+    // socket before it is moved.
+    let high: Vec<i32> = sockets
+        .iter()
+        // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a socket we own; the copy is closed at exec.
+        .map(|s| unsafe { libc::fcntl(s.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 100) })
+        .collect();
+    assert!(
+        high.iter().all(|&fd| fd >= 100),
+        "cannot duplicate the sockets"
+    );
+    let moved = high.clone();
+    // SAFETY: only async-signal-safe calls (dup2) run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            for (i, &fd) in moved.iter().enumerate() {
+                if libc::dup2(fd, 3 + i as i32) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().expect("spawn rsproxyd");
+    for fd in high {
+        // SAFETY: the duplicates made above; nothing else closes them.
+        unsafe { libc::close(fd) };
+    }
+    drop(sockets);
+    capture(child)
+}
+
+/// Wraps a spawned rsproxyd, collecting its stderr in the background.
+fn capture(mut child: Child) -> Proxy {
+    let stderr = Arc::new(Mutex::new(String::new()));
+    let mut pipe = child.stderr.take().expect("stderr piped");
+    let sink = stderr.clone();
+    let reader = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    Proxy {
+        child,
+        stderr,
+        reader: Some(reader),
+    }
 }

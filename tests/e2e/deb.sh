@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # End-to-end test of the Debian package, as a Debian 12 administrator uses it: `apt install
 # ./rsproxyd_*.deb` into a real systemd (PID 1) booted with systemd-nspawn on a throw-away
-# overlay of this machine's / (tests/e2e/box.sh); the worked example and a templated service
-# set up by running the shell blocks of the installed /usr/share/doc/rsproxyd/examples/README.md
-# as they are; HTTP 200 through each from a cold backend; the README's removal steps; `apt
-# purge rsproxyd`; and a check that nothing is left behind.
+# overlay of this machine's / (tests/e2e/box.sh); a service from one .proxy file
+# (rsproxyd-generator), the worked example and a templated service set up by running the
+# shell blocks of the installed /usr/share/doc/rsproxyd/examples/README.md as they are;
+# HTTP 200 through each from a cold backend; the README's removal steps; `apt purge
+# rsproxyd`; and a check that nothing is left behind.
 #
 # usage: tests/e2e/deb.sh [PATH/TO/rsproxyd_VERSION_ARCH.deb]
 #   without a path, scripts/build-deb.sh builds the package first.
@@ -32,6 +33,7 @@ DOC=/usr/share/doc/$PKG/examples
 README=$DOC/README.md
 UNIT_DIR=/usr/lib/systemd/system
 # README sections whose shell blocks are run, and the instance name their steps use.
+SECTION_ONEFILE='One file per service: rsproxyd-generator'
 SECTION_EXAMPLE='The worked example'
 SECTION_TEMPLATES='A second service with the templates'
 INSTANCE=myapp
@@ -166,10 +168,13 @@ check_contents() {
     listed=$(box dpkg -L "$PKG" | LC_ALL=C sort)
     DPKG_LIST=$listed
     for want in /usr/bin/rsproxyd /usr/share/man/man8/rsproxyd.8.gz \
+        /usr/lib/systemd/system-generators/rsproxyd-generator \
+        /usr/lib/systemd/user-generators/rsproxyd-user-generator "$DOC/example.proxy" \
         "$UNIT_DIR/rsproxyd@.socket" "$UNIT_DIR/rsproxyd@.service" \
         /usr/share/doc/$PKG/copyright /usr/share/doc/$PKG/changelog.Debian.gz "$README" \
         "$DOC/example.socket" "$DOC/example.service" "$DOC/example-backend.service" \
-        "$DOC/example.conf" "$STAND_IN"; do
+        "$DOC/example.conf" "$STAND_IN" \
+        "$DOC/dns.socket" "$DOC/dns.service" "$DOC/dns-backend.service"; do
         grep -qxF "$want" <<<"$listed" || note "dpkg -L lacks $want"
         [[ -e $ROOT$want ]] || note "$want not on disk"
     done
@@ -186,7 +191,9 @@ check_contents() {
         [[ $enabled == disabled || $enabled == static ]] ||
             note "systemctl is-enabled $f: $enabled (want disabled or static)"
     done
-    links=$(find "$ROOT/etc/systemd" "$ROOT/usr/lib/systemd" -lname '*rsproxyd*' 2>/dev/null | xargs)
+    # (The user generator is a link to the system generator, not to a unit.)
+    links=$(find "$ROOT/etc/systemd" "$ROOT/usr/lib/systemd" -lname '*rsproxyd*' \
+        ! -name rsproxyd-user-generator 2>/dev/null | xargs)
     [[ -z $links ]] || note "symlinks to our units: $links"
     loaded=$(box systemctl list-units --all --no-legend --plain 'rsproxyd*' | xargs)
     [[ -z $loaded ]] || note "units loaded after install: $loaded"
@@ -258,14 +265,14 @@ EOF
     box bash "$STAGE/$name" >"$step.out" 2>&1
 }
 # steps SECTION KIND: runs the section's blocks of KIND: setup (all but removal), or
-# removal (the blocks that disable what setup enabled). Blocks for a clone are skipped.
+# removal (the blocks that disable or stop what setup started). Blocks for a clone are skipped.
 # Prints what ran; 1 if a block failed (its output goes to the journal of failures).
 steps() {
     local f ran=0 kind
     for f in $(blocks "$1"); do
         BLOCK_N=$((BLOCK_N + 1))
         grep -qE "$CLONE_ONLY" "$f" && continue
-        if grep -q 'disable --now' "$f"; then kind=removal; else kind=setup; fi
+        if grep -qE 'disable --now|systemctl stop' "$f"; then kind=removal; else kind=setup; fi
         [[ $kind == "$2" ]] || continue
         ran=$((ran + 1))
         if ! run_step "$f"; then
@@ -279,8 +286,10 @@ steps() {
 }
 # last_curl URL_PART: "START_US CODE SECONDS RC" of the last curl to a URL containing it.
 last_curl() { awk -v u="$1" 'index($0, u) { l = $1 " " $2 " " $3 " " $4 } END { print l }' "$ROOT$STAGE/curl.log" 2>/dev/null; }
-# bound_ns UNIT: when the stand-in behind UNIT bound its port (it logs "bound <epoch ns> ...").
-bound_ns() { box journalctl -u "$1" -o cat --no-pager | awk '$1 == "bound" { print $2; exit }'; }
+# bound_ns UNIT AFTER_NS: when the stand-in behind UNIT first bound its port at or after
+# AFTER_NS (it logs "bound <epoch ns> ..."; an earlier section may have run a unit of the
+# same name).
+bound_ns() { box journalctl -u "$1" -o cat --no-pager | awk -v t="$2" '$1 == "bound" && $2 >= t { print $2; exit }'; }
 
 # check_readme N SECTION URL PROXY BACKEND: the section's setup blocks, then a cold-start proof.
 check_readme() {
@@ -291,7 +300,7 @@ check_readme() {
     if steps "$section" setup; then
         read -r start code secs rc <<<"$(last_curl "$url")"
         start=${start:-0}
-        bound=$(bound_ns "$backend")
+        bound=$(bound_ns "$backend" "$((start * 1000))")
         bound=${bound:-0}
         body=$(cat "$ROOT$STAGE/body" 2>/dev/null)
         [[ ${code:-} == 200 ]] || note "the README's curl $url: HTTP ${code:-none} (curl exit ${rc:-?})"
@@ -400,6 +409,10 @@ check_nothing_left() {
 check_install
 check_contents
 check_docs
+# The one-file way first, as the README leads with it (checks 20-21: rsproxyd-generator).
+check_readme 20 "$SECTION_ONEFILE" 127.0.0.1:9000 "$INSTANCE.service" "$INSTANCE-backend.service"
+check_removal 21 "$SECTION_ONEFILE" "$INSTANCE.socket" "$INSTANCE.service" "$INSTANCE-backend.service" \
+    "/etc/rsproxyd/$INSTANCE.proxy" /usr/local/bin/$INSTANCE
 check_readme 4 "$SECTION_EXAMPLE" 127.0.0.1:8080 example.service example-backend.service
 check_removal 5 "$SECTION_EXAMPLE" example.socket example.service example-backend.service \
     /etc/systemd/system/example.socket /etc/systemd/system/example.service \

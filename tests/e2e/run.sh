@@ -182,6 +182,15 @@ BIG_SHA=$(sha256sum <"$ROOT$BIG" | cut -d' ' -f1)
 . "$HERE/checks_proxy.sh"
 proxy_protocol_setup
 
+# The DNS example's units (checks 17-19, tests/e2e/checks_udp.sh).
+# shellcheck source=tests/e2e/checks_udp.sh
+. "$HERE/checks_udp.sh"
+udp_install
+
+# Checks 30-32 (timeouts): tests/e2e/checks_timeouts.sh.
+# shellcheck source=tests/e2e/checks_timeouts.sh
+. "$HERE/checks_timeouts.sh"
+
 # --- Boot ---------------------------------------------------------------------------------
 box_boot
 echo "# proxy: $PROXY_KIND" >&2
@@ -199,6 +208,7 @@ except OSError as e:
 echo "# IPAddressDeny= enforced in the box: $FIREWALL" >&2
 
 # Enable the sockets as an administrator would; nothing else is started.
+udp_enable
 box systemctl enable --now --quiet example.socket "rsproxyd@$INSTANCE.socket" ||
     die "systemctl enable --now example.socket rsproxyd@$INSTANCE.socket failed"
 
@@ -628,6 +638,10 @@ check_security() {
     fi
 }
 
+# Checks 20-26: rsproxyd-generator (/etc/rsproxyd/NAME.proxy -> units).
+# shellcheck source=tests/e2e/checks_generator.sh
+. "$HERE/checks_generator.sh"
+
 # A pristine copy of the shipped units for checks 10 and 11, away from the drop-in dirs.
 mkdir -p "$ROOT/usr/local/share/rsproxyd-e2e"
 cp "$UNITS"/*.socket "$UNITS"/*.service "$ROOT/usr/local/share/rsproxyd-e2e/"
@@ -644,6 +658,12 @@ check_broken_backend;  watch_sockets 7
 check_sigterm_download; watch_sockets 8
 check_backend_flapping; watch_sockets 13
 check_template;        watch_sockets 9
+check_udp_cold;        watch_sockets 17
+check_udp_tcp;         watch_sockets 18
+check_udp_idle;        watch_sockets 19
+check_silent_client;   watch_sockets 30
+check_vanished_client; watch_sockets 31
+check_queue_limit;     watch_sockets 32
 check_sockets
 check_control_bindsto
 check_verify
@@ -652,6 +672,13 @@ check_proxy_protocol
 check_journal_fields
 check_journal_timeout
 check_journal_summary
+check_gen_units
+check_gen_first
+check_gen_idle
+check_gen_broken
+check_gen_override
+check_gen_sandbox
+check_gen_user
 echo "# checks took $(ms "$SUITE_START" "$(now_ns)") ms" >&2
 
 if [[ ${E2E_KEEP:-} == 1 ]]; then
