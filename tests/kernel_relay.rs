@@ -532,6 +532,9 @@ fn timeouts_keep_the_relay_in_user_space() {
     ] {
         let (proxy, addr) = kernel_proxy(&backend.addr.to_string(), &[flag]);
         assert_eq!(exchange(addr, b"hello").unwrap(), b"hello");
+        wait_for("the --kernel-relay warning", || {
+            proxy.stderr().contains("--kernel-relay:").then_some(())
+        });
         let log = proxy.stderr();
         assert_eq!(log.matches("--kernel-relay:").count(), 1, "{flag}: {log}");
         assert!(log.contains("--connection-idle-timeout"), "{flag}: {log}");
