@@ -19,7 +19,13 @@
 # `tuning` feature: see benches/tuning.sh and src/tuning.rs). Variants get no RSS run.
 # proxy=v1|v2 adds --proxy-protocol=v1|v2: that variant runs only http_ka and new_conn, against
 # a second nginx port that reads the PROXY protocol (e.g. PROXIES="rsproxyd rsproxyd:proxy=v2"
-# BENCH_WORKLOADS=new_conn: the header's cost per new connection).
+# BENCH_WORKLOADS=new_conn: the header's cost per new connection). `kernel` (rsproxyd:kernel)
+# adds --kernel-relay (needs root; the binary is then built with the cargo feature
+# kernel-relay, which the shipped build leaves out): established relays are moved by the
+# kernel (BPF sockmap).
+# Its work then runs in softirq and in a kernel worker thread, not in the proxy's process,
+# so the proxy's CPU figure misses it: compare the whole machine's busy CPU per unit of work
+# (machine_cpu_s in raw.tsv, all processes and the kernel), which counts it wherever it runs.
 # Besides each workload's figure, the proxy's CPU time (utime+stime of its process) per unit
 # of work is recorded: per GB for bulk, per request or connection for the others.
 #
@@ -100,16 +106,25 @@ if has_proxy rsproxyd; then
     if [[ -n ${RSPROXYD_BIN:-} ]]; then
         RSPROXYD=$RSPROXYD_BIN
     else
-        variants=0
+        variants=0 kernel=0
         # (a variant that only adds --proxy-protocol needs no tuning build)
         for p in "${PROXIES[@]}"; do
-            [[ $p == rsproxyd:* && ! ${p#rsproxyd:} =~ ^proxy=[^,]*$ ]] && variants=1
+            [[ $p == rsproxyd:* && ! ${p#rsproxyd:} =~ ^(proxy=[^,]*|kernel)(,(proxy=[^,]*|kernel))*$ ]] && variants=1
+            [[ $p == rsproxyd:* && ,${p#rsproxyd:}, == *,kernel,* ]] && kernel=1
         done
         if ((variants)); then
             # one binary for rsproxyd and its variants, so only the settings differ
-            log "building rsproxyd (release, feature tuning, in target/tuning)"
-            cargo build --release --quiet --features tuning --target-dir "$ROOT/target/tuning" --bin rsproxyd
+            features=tuning
+            ((kernel)) && features=tuning,kernel-relay
+            log "building rsproxyd (release, features $features, in target/tuning)"
+            cargo build --release --quiet --features "$features" --target-dir "$ROOT/target/tuning" --bin rsproxyd
             RSPROXYD=$ROOT/target/tuning/release/rsproxyd
+        elif ((kernel)); then
+            # --kernel-relay exists only with the cargo feature kernel-relay (off in the
+            # shipped build); rsproxyd and rsproxyd:kernel both run this one binary
+            log "building rsproxyd (release, feature kernel-relay, in target/kernel-relay)"
+            cargo build --release --quiet --features kernel-relay --target-dir "$ROOT/target/kernel-relay" --bin rsproxyd
+            RSPROXYD=$ROOT/target/kernel-relay/release/rsproxyd
         else
             log "building rsproxyd (release)"
             cargo build --release --quiet --bin rsproxyd
@@ -222,7 +237,7 @@ proxy_up() { # NAME BACKEND_PORT
         IFS=, read -r -a kvs <<<"${name#rsproxyd:}"
         for kv in "${kvs[@]}"; do
             case $kv in
-            threads=* | proxy=*) ;;
+            threads=* | proxy=* | kernel) ;;
             ?*=*) argv+=("RSPROXYD_TUNE_$(tr a-z A-Z <<<"${kv%%=*}")=${kv#*=}") ;;
             *) die "bad variant $name: '$kv' is not KEY=VALUE" ;;
             esac
@@ -230,6 +245,7 @@ proxy_up() { # NAME BACKEND_PORT
         argv+=("$RSPROXYD" -c 4096)
         [[ ,${name#rsproxyd:}, =~ ,threads=([0-9]+), ]] && argv+=("--threads=${BASH_REMATCH[1]}")
         [[ ,${name#rsproxyd:}, =~ ,proxy=([^,]+), ]] && argv+=("--proxy-protocol=${BASH_REMATCH[1]}")
+        [[ ,${name#rsproxyd:}, == *,kernel,* ]] && argv+=(--kernel-relay)
         argv+=("$backend")
         ;;
     ssp) argv=("$SSP" -c 4096 "$backend") ;;
@@ -261,11 +277,16 @@ proxy_down() {
 # (not run in a $(subshell): the proxy's pid must stay known to this shell for cleanup)
 # CPU_S: the proxy's CPU seconds over the workload; WORK: units of work done (bytes for
 # bulk, requests or connections for the others); both empty when not known.
-VALUE= CPU_S= WORK=
+VALUE= CPU_S= WORK= MACHINE_CPU_S=
 CLK_TCK=$(getconf CLK_TCK)
+# busy CPU seconds of the whole machine so far (all cores: user, nice, system, irq, softirq,
+# steal; not idle or iowait)
+machine_busy() { awk -v hz="$CLK_TCK" '$1 == "cpu" { printf "%.2f", ($2 + $3 + $4 + $7 + $8 + $9) / hz }' /proc/stat; }
 measure() { # WORKLOAD PROXY LOGFILE
     local w=$1 p=$2 logf=$3
-    VALUE= CPU_S= WORK=
+    VALUE= CPU_S= WORK= MACHINE_CPU_S=
+    local busy0
+    busy0=$(machine_busy)
     case $w in
     bulk)
         proxy_up "$p" "$IPERF_PORT"
@@ -304,12 +325,13 @@ measure() { # WORKLOAD PROXY LOGFILE
         # fields 14 and 15: utime and stime of the whole process (all threads), in ticks
         CPU_S=$(awk -v hz="$CLK_TCK" '{ printf "%.2f", ($14 + $15) / hz }' "/proc/$PROXY_PID/stat")
     fi
+    [[ $w != cold_start ]] && MACHINE_CPU_S=$(awk -v a="$busy0" -v b="$(machine_busy)" 'BEGIN { printf "%.2f", b - a }')
     proxy_down
 }
 
 # --- the rounds ---------------------------------------------------------------------------
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
-printf 'round\tworkload\tproxy\tvalue\tcpu_s\twork\n' >"$RAW"
+printf 'round\tworkload\tproxy\tvalue\tcpu_s\twork\tmachine_cpu_s\n' >"$RAW"
 n=${#PROXIES[@]}
 for ((r = 1; r <= ROUNDS; r++)); do
     log "round $r of $ROUNDS"
@@ -322,7 +344,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
             v=$VALUE
             [[ -n $v ]] || echo "$w/$p round $r failed: see logs/r$r-$w-$p.log" | tee -a "$NOTES" >&2
             log "  $w $p ${v:-FAILED}${CPU_S:+ (proxy CPU ${CPU_S} s)}"
-            printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$w" "$p" "${v:-nan}" "${CPU_S:-nan}" "${WORK:-nan}" >>"$RAW"
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$w" "$p" "${v:-nan}" "${CPU_S:-nan}" "${WORK:-nan}" "${MACHINE_CPU_S:-nan}" >>"$RAW"
         done
     done
 done

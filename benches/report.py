@@ -109,6 +109,13 @@ def main(out):
         c, n = number(row.get("cpu_s")), number(row.get("work"))
         if row["workload"] in CPU_UNITS and c is not None and n:
             cpu_rounds.setdefault((row["workload"], row["proxy"]), []).append(c / n * CPU_UNITS[row["workload"]][1])
+    # the whole machine's busy CPU seconds per unit of work (clients, backends, proxy and the
+    # kernel's own threads; the direct connection's is the floor)
+    machine_rounds = {}
+    for row in raw:
+        c, n = number(row.get("machine_cpu_s")), number(row.get("work"))
+        if row["workload"] in CPU_UNITS and c is not None and n:
+            machine_rounds.setdefault((row["workload"], row["proxy"]), []).append(c / n * CPU_UNITS[row["workload"]][1])
     med = {}
     for key, values in rounds.items():
         ok = [v for v in values if v is not None]
@@ -160,6 +167,31 @@ def main(out):
         cpu_lines.append(f"| {wlabel} | {CPU_UNITS[key][0]} | " + " | ".join(cells) + " |")
     cpu_table = "\n".join(cpu_lines) if cpu_proxies else ""
 
+    machine_proxies = [p for p in proxies if any((k, p) in machine_rounds for k in CPU_UNITS)]
+    machine_lines = ["| Workload | Unit | " + " | ".join(proxy_label(p) for p in machine_proxies) + " |",
+                     "|---|---|" + "---|" * len(machine_proxies)]
+    for key, wlabel, _, _ in WORKLOADS:
+        if key not in CPU_UNITS or not any((key, p) in machine_rounds for p in machine_proxies):
+            continue
+        cells = [fmt(statistics.median(machine_rounds[(key, p)])) if (key, p) in machine_rounds else "—"
+                 for p in machine_proxies]
+        machine_lines.append(f"| {wlabel} | {CPU_UNITS[key][0]} | " + " | ".join(cells) + " |")
+    machine_table = "\n".join(machine_lines) if machine_proxies else ""
+
+    # each rsproxyd variant against rsproxyd itself and HAProxy, paired within rounds
+    variants = [p for p in proxies if p.startswith("rsproxyd:")]
+    peers = [p for p in ("rsproxyd", "haproxy", "direct") if p in proxies]
+    variant_lines = []
+    if variants and peers:
+        variant_lines = ["| Workload | " + " | ".join(f"{proxy_label(v)} / {proxy_label(p)}" for v in variants for p in peers) + " |",
+                         "|---|" + "---|" * (len(variants) * len(peers))]
+        for key, wlabel, _, higher in WORKLOADS:
+            if not any((key, v) in rounds for v in variants):
+                continue
+            cells = [fmt_ratio(paired(key, v, p)) for v in variants for p in peers]
+            variant_lines.append(f"| {wlabel}{'' if higher else ' (lower is better)'} | " + " | ".join(cells) + " |")
+    variant_table = "\n".join(variant_lines)
+
     detail = ["| Workload | Proxy | Per round |", "|---|---|---|"]
     for key, label, unit, _ in WORKLOADS:
         for p in proxies:
@@ -180,6 +212,15 @@ def main(out):
                   "median over rounds; lower is better. Less sensitive to a busy machine than the rates above, "
                   "but kernel work done in softirq context may be charged to whichever process was running.\n")
         md.append(cpu_table + "\n")
+    if machine_table:
+        md.append("The whole machine's busy CPU time (all cores, every process and the kernel's threads: "
+                  "client, backend and proxy together) per unit of work, median over rounds; lower is better. "
+                  "It counts work the kernel does for a proxy outside the proxy's process (softirq, kernel "
+                  "workers), which the table above misses.\n")
+        md.append(machine_table + "\n")
+    if variant_table:
+        md.append("rsproxyd's variants against rsproxyd and HAProxy (median over rounds of the ratio within a round).\n")
+        md.append(variant_table + "\n")
     if machine:
         md.append("Machine: " + ", ".join(f"{k} {machine[k]}" for k in ("cpu", "cores", "memory", "kernel", "os")
                                         if k in machine) + ".  ")
@@ -203,6 +244,12 @@ def main(out):
     if cpu_table:
         print()
         print(cpu_table)
+    if machine_table:
+        print()
+        print(machine_table)
+    if variant_table:
+        print()
+        print(variant_table)
     if notes:
         print()
         print(notes)

@@ -91,6 +91,13 @@ pub struct Args {
     #[arg(long = "keepalive", value_name = "auto|off")]
     keepalive: Option<String>,
 
+    /// Experimental (built only with the cargo feature `kernel-relay`): relay established
+    /// TCP connections inside the kernel (BPF sockmap); needs CAP_BPF and CAP_NET_ADMIN,
+    /// otherwise one warning and the relay stays in user space
+    #[cfg(feature = "kernel-relay")]
+    #[arg(long = "kernel-relay")]
+    kernel_relay: bool,
+
     /// Where to relay connections to
     #[arg(value_name = "TARGET", num_args = 0..)]
     targets: Vec<String>,
@@ -121,6 +128,9 @@ pub struct Config {
     pub queue_timeout: Option<Duration>,
     /// `--keepalive`.
     pub keepalive: KeepaliveMode,
+    /// `--kernel-relay`: move TCP relays into a BPF sockmap where the kernel allows it.
+    #[cfg(feature = "kernel-relay")]
+    pub kernel_relay: bool,
 }
 
 /// A command line that cannot be run. The texts keep systemd-socket-proxyd's where users
@@ -257,6 +267,8 @@ impl Args {
             half_close_timeout,
             queue_timeout,
             keepalive,
+            #[cfg(feature = "kernel-relay")]
+            kernel_relay: self.kernel_relay,
         })
     }
 }

@@ -38,6 +38,8 @@ pub mod cli;
 pub mod datagram;
 pub mod generator;
 pub mod keepalive;
+#[cfg(feature = "kernel-relay")]
+pub mod kernel_relay;
 pub mod lifecycle;
 pub mod limits;
 pub mod logging;

@@ -176,6 +176,19 @@ pub const QUEUE_CHECKS_PER_TIMEOUT: u32 = 8;
 /// The shortest pause between two such looks.
 pub const QUEUE_CHECK_MIN: Duration = Duration::from_millis(10);
 
+// --- Kernel relay (--kernel-relay, cargo feature `kernel-relay`) ---
+
+/// At most this many relays at once go into the sockmap (each holds two entries in each of
+/// its two maps); past it a relay runs in user space. The maps' hash tables are sized for
+/// it at start-up, so it also bounds their memory with a large `--connections-max`.
+pub const KERNEL_RELAY_MAX_RELAYS: usize = 65_536;
+
+/// After a FIN, how many times the relay yields before it sleeps between looks at whether
+/// the peer's send queue has taken everything before the FIN (it usually has at once).
+pub const KERNEL_RELAY_FIN_YIELDS: u32 = 16;
+
+/// The sleep between those looks after the yields.
+pub const KERNEL_RELAY_FIN_POLL: Duration = Duration::from_millis(1);
 #[cfg(test)]
 mod tests {
     use super::*;

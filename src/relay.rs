@@ -74,6 +74,13 @@ impl Default for Progress {
 }
 
 impl Progress {
+    /// Counts bytes moved outside [`relay_counted`] (the kernel relay).
+    #[cfg(feature = "kernel-relay")]
+    pub fn add(&self, to_backend: u64, to_client: u64) {
+        self.moved[0].fetch_add(to_backend, Ordering::Relaxed);
+        self.moved[1].fetch_add(to_client, Ordering::Relaxed);
+    }
+
     /// The bytes moved so far each way.
     pub fn moved(&self) -> Moved {
         Moved {

@@ -38,6 +38,9 @@ struct Shared {
     peak: AtomicUsize,
     stop: Stop,
     relays: TaskTracker,
+    /// `--kernel-relay`, when the kernel let it be set up.
+    #[cfg(feature = "kernel-relay")]
+    kernel: Option<Arc<crate::kernel_relay::KernelRelay>>,
     /// The datagram sockets' relay (idle when none were passed).
     datagrams: crate::datagram::Datagrams,
     /// Relays ended by keepalive, the idle timeout and the half-close timeout, for STATUS=.
@@ -59,6 +62,8 @@ pub async fn run(
     stop: Stop,
 ) -> anyhow::Result<Outcome> {
     let backend = Backend::new(config.target.clone(), config.follow_backend);
+    #[cfg(feature = "kernel-relay")]
+    let kernel = crate::kernel_relay::setup(&config);
     let (datagram, sockets): (Vec<_>, Vec<_>) = sockets.into_iter().partition(|s| s.datagram);
     let activity = Activity::new();
     if config.proxy_protocol.is_some() && !datagram.is_empty() {
@@ -84,6 +89,8 @@ pub async fn run(
         to_backend: AtomicU64::new(0),
         to_client: AtomicU64::new(0),
         peak: AtomicUsize::new(0),
+        #[cfg(feature = "kernel-relay")]
+        kernel,
         stop: stop.clone(),
         relays: TaskTracker::new(),
         datagrams,
@@ -394,6 +401,8 @@ fn spawn_relay(
     let started = Instant::now();
     let totals = shared.clone();
     let proxy_protocol = shared.config.proxy_protocol;
+    #[cfg(feature = "kernel-relay")]
+    let kernel = shared.kernel.clone();
     let limits = crate::relay::Timeouts {
         idle: shared.config.idle_timeout,
         half_close: shared.config.half_close_timeout,
@@ -434,8 +443,13 @@ fn spawn_relay(
         let progress = crate::relay::Progress::default();
         let close = async {
             tracing::debug!("open");
+            #[cfg(feature = "kernel-relay")]
+            let relaying =
+                crate::kernel_relay::relay(kernel.as_deref(), &client, &backend, limits, &progress);
+            #[cfg(not(feature = "kernel-relay"))]
+            let relaying = crate::relay::relay_counted(&client, &backend, limits, &progress);
             let relayed = tokio::select! {
-                r = crate::relay::relay_counted(&client, &backend, limits, &progress) => r,
+                r = relaying => r,
                 _ = cut.cancelled() => {
                     crate::relay::reset(&client);
                     crate::relay::reset(&backend);

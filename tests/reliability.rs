@@ -46,17 +46,23 @@ fn soak_nothing_lost_corrupted_or_hung() {
     let (backend, stats) = rt.block_on(soak::start_backend(buf, cfg.hung_after));
     let listener = deep_listener();
     let addr = listener.local_addr().unwrap();
-    let proxy = spawn_with_fd(
-        listener.into(),
-        &[
-            "-c",
-            &limit.to_string(),
-            "--connection-idle-timeout=5s",
-            "--half-close-timeout=5s",
-            &backend.to_string(),
-        ],
-        &[],
-    );
+    // In kernel-relay mode (RSPROXYD_TEST_KERNEL_RELAY=1), count the relays that went in,
+    // and leave out the idle and half-close timeouts, which the kernel relay does not
+    // enforce (with them it would relay everything in user space).
+    let (env, timeouts): (&[(&str, &str)], &[&str]) = if kernel_relay_mode() {
+        (&[("RUST_LOG", "rsproxyd::kernel_relay=debug")], &[])
+    } else {
+        (
+            &[],
+            &["--connection-idle-timeout=5s", "--half-close-timeout=5s"],
+        )
+    };
+    let limit_arg = limit.to_string();
+    let backend_arg = backend.to_string();
+    let mut args = vec!["-c", limit_arg.as_str()];
+    args.extend_from_slice(timeouts);
+    args.push(&backend_arg);
+    let proxy = spawn_with_fd(listener.into(), &args, env);
     let pid = proxy.pid();
 
     // Warm up (the runtime and its fds exist once a connection was served), then measure.
@@ -156,6 +162,13 @@ fn soak_nothing_lost_corrupted_or_hung() {
     assert!(after.hwm < 256 * 1024, "peak RSS {} KiB", after.hwm);
     assert!(after.rss < 128 * 1024, "RSS after {} KiB", after.rss);
     let log = proxy.stderr();
+    if kernel_relay_mode() {
+        println!(
+            "soak: {} relays in the kernel, {} fell back to user space",
+            log.matches("relayed in the kernel").count(),
+            log.matches("relaying in user space").count()
+        );
+    }
     assert!(!log.contains("panicked"), "{log}");
     assert!(
         !log.contains("WARN") && !log.contains("ERROR"),

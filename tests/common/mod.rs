@@ -28,6 +28,20 @@ pub struct Proxy {
     reader: Option<thread::JoinHandle<()>>,
 }
 
+/// True when `RSPROXYD_TEST_KERNEL_RELAY=1`: every rsproxyd the tests start then runs with
+/// `--kernel-relay`, so the suites check the kernel relay too.
+/// The binary has `--kernel-relay` only when built with the cargo feature `kernel-relay`;
+/// asking for the mode without it stops the test with a message saying so, rather than
+/// passing with the user-space relay.
+pub fn kernel_relay_mode() -> bool {
+    let asked = std::env::var_os("RSPROXYD_TEST_KERNEL_RELAY").is_some_and(|v| v == "1");
+    assert!(
+        !asked || cfg!(feature = "kernel-relay"),
+        "RSPROXYD_TEST_KERNEL_RELAY=1 needs the kernel relay: run with --features kernel-relay"
+    );
+    asked
+}
+
 /// Starts rsproxyd with `socket` as fd 3, LISTEN_FDS=1 and LISTEN_PID set to its own pid
 /// (the shell's `$$` survives the exec).
 pub fn spawn_with_fd(socket: OwnedFd, args: &[&str], env: &[(&str, &str)]) -> Proxy {
@@ -35,6 +49,7 @@ pub fn spawn_with_fd(socket: OwnedFd, args: &[&str], env: &[(&str, &str)]) -> Pr
     cmd.arg("-c")
         .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
         .arg(bin())
+        .args(kernel_relay_mode().then_some("--kernel-relay"))
         .args(args)
         .env("LISTEN_FDS", "1")
         .env_remove("NOTIFY_SOCKET")
