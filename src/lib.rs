@@ -18,7 +18,8 @@
 //!   connection (`--proxy-protocol`).
 //! - [`relay`] and [`splice`]: the per-connection pump, read/write for small messages and
 //!   splice(2) for bulk, with half-close passed through, the idle and half-close timeouts,
-//!   and why each relay ended.
+//!   and why each relay ended. `kernel_relay` (cargo feature `kernel-relay`, experimental,
+//!   not in the shipped build) would move established relays into a BPF sockmap instead.
 //! - [`keepalive`]: TCP keepalive on the listening sockets (inherited by clients), so a
 //!   vanished client is reset; the .socket unit's own settings win.
 //! - [`records`]: what is reported about the work (a connection's end, a backend
