@@ -77,6 +77,8 @@ pub async fn start(
         tracker: TaskTracker::new(),
         sessions: AtomicUsize::new(0),
         served: AtomicU64::new(0),
+        ended_to_backend: AtomicU64::new(0),
+        ended_to_client: AtomicU64::new(0),
         dropped: AtomicU64::new(0),
         held_bytes: AtomicUsize::new(0),
         held_count: AtomicUsize::new(0),
@@ -146,6 +148,15 @@ impl Datagrams {
                 self.relay.served.load(Ordering::Relaxed)
             )
         })
+    }
+
+    /// For the exit summary: sessions served, and the bytes the ended ones relayed each way.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        (
+            self.relay.served.load(Ordering::Relaxed),
+            self.relay.ended_to_backend.load(Ordering::Relaxed),
+            self.relay.ended_to_client.load(Ordering::Relaxed),
+        )
     }
 
     /// Waits until every receive loop and session has ended (after the stop: once no
@@ -272,6 +283,9 @@ struct Relay {
     tracker: TaskTracker,
     sessions: AtomicUsize,
     served: AtomicU64,
+    /// Bytes relayed each way by the sessions that ended, for the exit summary.
+    ended_to_backend: AtomicU64,
+    ended_to_client: AtomicU64,
     dropped: AtomicU64,
     held_bytes: AtomicUsize,
     held_count: AtomicUsize,
@@ -1279,6 +1293,12 @@ async fn run_session(relay: Arc<Relay>, s: Arc<Session>) {
         relay.dropped.fetch_add(dropped as u64, Ordering::Relaxed);
     }
     relay.sessions.fetch_sub(1, Ordering::Relaxed);
+    relay
+        .ended_to_backend
+        .fetch_add(stats.to_backend_bytes, Ordering::Relaxed);
+    relay
+        .ended_to_client
+        .fetch_add(stats.to_client_bytes, Ordering::Relaxed);
     if tracing::enabled!(tracing::Level::DEBUG) {
         // The same record, with the same journal fields, as a TCP connection's end.
         ConnectionEnded {

@@ -179,11 +179,13 @@ pub async fn run(
         })
         .await;
     }
+    // Datagram sessions count as connections here, with their bytes.
+    let (sessions, udp_to_backend, udp_to_client) = shared.datagrams.totals();
     Summary {
         backend: shared.backend.target().to_string(),
-        connections: shared.served.load(Ordering::Relaxed),
-        bytes_to_backend: shared.to_backend.load(Ordering::Relaxed),
-        bytes_to_client: shared.to_client.load(Ordering::Relaxed),
+        connections: shared.served.load(Ordering::Relaxed) + sessions,
+        bytes_to_backend: shared.to_backend.load(Ordering::Relaxed) + udp_to_backend,
+        bytes_to_client: shared.to_client.load(Ordering::Relaxed) + udp_to_client,
         peak_connections: shared.peak.load(Ordering::Relaxed),
         exit_reason: describe(&outcome).to_string(),
     }

@@ -151,7 +151,8 @@ fn twenty_clients(extra: &[&str]) {
 }
 
 /// With no datagram either way for --exit-idle-time, rsproxyd exits 0, although the
-/// session (--session-timeout 60s) is still open.
+/// session (--session-timeout 60s) is still open; the exit summary counts the session and
+/// its bytes.
 #[test]
 fn idle_exit_with_a_quiet_session_open() {
     let backend = free_udp_port();
@@ -172,6 +173,11 @@ fn idle_exit_with_a_quiet_session_open() {
         last.elapsed() >= Duration::from_millis(400),
         "exited {:?} after the last datagram",
         last.elapsed()
+    );
+    let log = proxy.stderr();
+    assert!(
+        log.contains("1 connection(s) served, 3 bytes to the backend, 3 to clients"),
+        "{log}"
     );
 }
 
