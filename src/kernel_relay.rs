@@ -31,7 +31,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use crate::cli::Config;
-use crate::relay::{Moved, Progress, Timeouts};
+use crate::relay::{tcp_info, Moved, Progress, Timeouts};
 
 // From linux/bpf.h (checked against this machine's header).
 const BPF_MAP_CREATE: libc::c_int = 0;
@@ -346,27 +346,6 @@ fn cookie(fd: RawFd) -> io::Result<u64> {
     }
     Ok(v)
 }
-
-fn tcp_info(fd: RawFd) -> io::Result<libc::tcp_info> {
-    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
-    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is a writable tcp_info of `len` bytes; the kernel writes at most `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: zero-initialised, then filled (in part) by the kernel: every field is valid.
-    Ok(unsafe { info.assume_init() })
-}
-
 /// SIOCINQ (bytes received, not yet read; a FIN not counted) or SIOCOUTQ (bytes in the send
 /// queue, not yet acknowledged).
 fn queued(fd: RawFd, request: libc::Ioctl) -> io::Result<u64> {

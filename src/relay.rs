@@ -454,6 +454,27 @@ async fn on_writable<T>(
     }
 }
 
+/// The kernel's TCP_INFO for a TCP socket (listening or connected).
+pub fn tcp_info(fd: std::os::fd::RawFd) -> io::Result<libc::tcp_info> {
+    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` is a writable tcp_info of `len` bytes; the kernel writes at most `len`.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            info.as_mut_ptr().cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: zero-initialised, then filled (in part) by the kernel: every field is valid.
+    Ok(unsafe { info.assume_init() })
+}
+
 /// Registers a socket or pipe with the event loop.
 pub fn register(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
     // SAFETY: an OwnedFd is open for as long as it lives and always returns the same fd

@@ -369,23 +369,7 @@ fn close_up_to(fd: RawFd, limit: Option<usize>) -> usize {
 /// How many connections wait in a listening TCP socket's accept queue (TCP_INFO reports it
 /// as `tcpi_unacked` for a listener); `None` for other sockets.
 fn accept_queue_len(fd: RawFd) -> Option<usize> {
-    let mut info = std::mem::MaybeUninit::<libc::tcp_info>::zeroed();
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is a writable tcp_info of `len` bytes; the kernel writes at most `len`.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd,
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            info.as_mut_ptr().cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return None;
-    }
-    // SAFETY: zero-initialised, then filled (in part) by the kernel: every field is valid.
-    let info = unsafe { info.assume_init() };
+    let info = crate::relay::tcp_info(fd).ok()?;
     const TCP_LISTEN: u8 = 10;
     (info.tcpi_state == TCP_LISTEN).then_some(info.tcpi_unacked as usize)
 }

@@ -42,16 +42,16 @@ pub fn kernel_relay_mode() -> bool {
     asked
 }
 
-/// Starts rsproxyd with `socket` as fd 3, LISTEN_FDS=1 and LISTEN_PID set to its own pid
-/// (the shell's `$$` survives the exec).
-pub fn spawn_with_fd(socket: OwnedFd, args: &[&str], env: &[(&str, &str)]) -> Proxy {
+/// rsproxyd under a shell that sets LISTEN_PID to its own pid (the shell's `$$` survives the
+/// exec) and LISTEN_FDS to `fds`, with `--kernel-relay` first when `kernel`; stderr piped.
+fn activated_command(fds: usize, kernel: bool, args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new("/bin/sh");
     cmd.arg("-c")
         .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
         .arg(bin())
-        .args(kernel_relay_mode().then_some("--kernel-relay"))
+        .args(kernel.then_some("--kernel-relay"))
         .args(args)
-        .env("LISTEN_FDS", "1")
+        .env("LISTEN_FDS", fds.to_string())
         .env_remove("NOTIFY_SOCKET")
         .env_remove("RUST_LOG")
         .stdin(Stdio::null())
@@ -60,6 +60,13 @@ pub fn spawn_with_fd(socket: OwnedFd, args: &[&str], env: &[(&str, &str)]) -> Pr
     for (k, v) in env {
         cmd.env(k, v);
     }
+    cmd
+}
+
+/// Starts rsproxyd with `socket` as fd 3, LISTEN_FDS=1 and LISTEN_PID set to its own pid
+/// (the shell's `$$` survives the exec).
+pub fn spawn_with_fd(socket: OwnedFd, args: &[&str], env: &[(&str, &str)]) -> Proxy {
+    let mut cmd = activated_command(1, kernel_relay_mode(), args, env);
     let raw = socket.as_raw_fd();
     // SAFETY: only async-signal-safe calls (dup2, fcntl) run between fork and exec.
     unsafe {
@@ -256,20 +263,7 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 /// Starts rsproxyd with `sockets` as fds 3, 4, ... and LISTEN_FDS set to their number (a
 /// stream and a datagram socket on one port, as a .socket unit with both passes them).
 pub fn spawn_with_fds(sockets: Vec<OwnedFd>, args: &[&str], env: &[(&str, &str)]) -> Proxy {
-    let mut cmd = Command::new("/bin/sh");
-    cmd.arg("-c")
-        .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
-        .arg(bin())
-        .args(args)
-        .env("LISTEN_FDS", sockets.len().to_string())
-        .env_remove("NOTIFY_SOCKET")
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
+    let mut cmd = activated_command(sockets.len(), false, args, env);
     // Above every fd the child will be given, so that the dup2 calls below never overwrite a
     // socket before it is moved.
     let high: Vec<i32> = sockets
