@@ -215,14 +215,19 @@ async fn connect_one(addr: &SockAddr, deadline: Option<Instant>) -> io::Result<C
         Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
         Err(e) => return Err(e),
     }
-    let conn = crate::relay::register(OwnedFd::from(socket))?;
-    // On loopback the handshake has usually completed by now: look before waiting.
-    if connected_already(conn.get_ref()) {
-        return match socket2::SockRef::from(conn.get_ref()).take_error()? {
-            Some(e) => Err(e),
-            None => Ok(conn),
-        };
+    // On loopback the handshake has usually completed within connect(2). Asking again says
+    // how it went in one call: success once it is done, the failure (the refusal a cold
+    // backend gives) if it failed, EALREADY while it is still under way. Only then is the
+    // socket registered, so a refused probe costs no event-loop registration.
+    match socket.connect(addr) {
+        Ok(()) => return crate::relay::register(OwnedFd::from(socket)),
+        Err(e) if e.raw_os_error() == Some(libc::EISCONN) => {
+            return crate::relay::register(OwnedFd::from(socket))
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EALREADY) => {}
+        Err(e) => return Err(e),
     }
+    let conn = crate::relay::register(OwnedFd::from(socket))?;
     let wait = conn.writable();
     let mut guard = match deadline {
         None => wait.await?,
@@ -236,14 +241,6 @@ async fn connect_one(addr: &SockAddr, deadline: Option<Instant>) -> io::Result<C
         Some(e) => Err(e),
         None => Ok(conn),
     }
-}
-
-/// True if a connect in progress has finished (either way), without waiting.
-fn connected_already(fd: &OwnedFd) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLOUT)];
-    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
 }
 
 /// The text of an attempt that `--connect-timeout` cut short.

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::socket::{shutdown, Shutdown};
 use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 
 use crate::records::CloseReason;
 use crate::splice::Pipe;
@@ -129,8 +130,11 @@ pub async fn relay_counted(
     act: &Progress,
 ) -> io::Result<Moved> {
     if limits.idle.is_none() && limits.half_close.is_none() {
-        return match tokio::try_join!(pump(client, backend, act, 0), pump(backend, client, act, 1))
-        {
+        let ended = AtomicBool::new(false);
+        return match tokio::try_join!(
+            pump(client, backend, act, 0, &ended),
+            pump(backend, client, act, 1, &ended)
+        ) {
             Ok((to_backend, to_client)) => Ok(Moved {
                 to_backend,
                 to_client,
@@ -145,8 +149,9 @@ pub async fn relay_counted(
     }
     act.timed.store(true, Ordering::Relaxed);
     act.touch(0, 0);
-    let up = pump(client, backend, act, 0);
-    let down = pump(backend, client, act, 1);
+    let ended = AtomicBool::new(false);
+    let up = pump(client, backend, act, 0, &ended);
+    let down = pump(backend, client, act, 1, &ended);
     tokio::pin!(up, down);
     let (mut to_backend, mut to_client) = (None, None);
     let mut half_closed = false;
@@ -238,15 +243,18 @@ enum Step {
     },
 }
 
-/// Copies `src` to `dst` until EOF, then shuts down `dst` for writing. Starts with plain
-/// read/write (cheapest for small messages) and switches to splice once a read fills the
-/// buffer, i.e. once the direction carries bulk data.
+/// Copies `src` to `dst` until EOF, then shuts down `dst` for writing, unless `ended` says
+/// the other direction has ended already: then the caller closes both sockets at once, and
+/// that close sends the FIN (both receive queues are empty by then, so it is a FIN, not a
+/// reset). Starts with plain read/write (cheapest for small messages) and switches to splice
+/// once a read fills the buffer, i.e. once the direction carries bulk data.
 /// `act` notes each byte moved, as direction `dir` (0: to the backend).
 async fn pump(
     src: &AsyncFd<OwnedFd>,
     dst: &AsyncFd<OwnedFd>,
     act: &Progress,
     dir: usize,
+    ended: &AtomicBool,
 ) -> io::Result<u64> {
     let mut total = 0u64;
     let mut spill: Vec<u8> = Vec::new();
@@ -256,14 +264,16 @@ async fn pump(
         RelayMode::Splice => Pipe::new().ok(),
         RelayMode::Adaptive | RelayMode::Copy => None,
     };
-    // A new connection's first read is tried before its readiness is known: the client has
-    // usually sent its request already, and this saves a trip through the event loop.
-    let mut eager = true;
+    // A new connection's first read from the client is tried before its readiness is known:
+    // the client has usually sent its request already, and this saves a trip through the
+    // event loop. Not from the backend: it was connected just now and has rarely written
+    // yet, so that read would mostly find nothing (EAGAIN).
+    let mut eager = dir == 0;
     loop {
         if let Some(p) = &pipe {
             let cap = p.capacity();
-            let n = on_readable(src, false, |_| p.fill(src.get_ref()), |n| *n < cap).await;
-            let n = match n {
+            let n = on_readable(src, false, |_, _| p.fill(src.get_ref()), |n| *n < cap).await;
+            let n = match n.map(|(n, _)| n) {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     // This pair of fds cannot splice; go back to read/write for good.
                     pipe = None;
@@ -300,17 +310,23 @@ async fn pump(
         let step = on_readable(
             src,
             eager,
-            |fd| copy_once(fd, dst.get_ref(), &mut spill),
+            |fd, fin| copy_once(fd, dst.get_ref(), &mut spill, fin),
             |step| matches!(step, Step::Data { full: false, .. }),
         );
         eager = false;
-        match step.await? {
+        let (step, fin) = step.await?;
+        match step {
             Step::Eof => break,
             Step::Data { n, full } => {
                 total += n as u64;
                 act.touch(dir, n);
                 if !spill.is_empty() {
                     flush(dst, &mut spill, act, dir).await?;
+                }
+                if fin {
+                    // The peer's FIN came before this read, which emptied the socket: this
+                    // was the last of its data, and the read that would return 0 is saved.
+                    break;
                 }
                 if full && splice_ok {
                     match Pipe::new() {
@@ -326,6 +342,9 @@ async fn pump(
     }
     // The FIN passed on counts as activity: the half-close timeout runs from it.
     act.touch(dir, 0);
+    if ended.swap(true, Ordering::Relaxed) {
+        return Ok(total);
+    }
     match shutdown(dst.get_ref().as_raw_fd(), Shutdown::Write) {
         Ok(()) | Err(nix::errno::Errno::ENOTCONN) => Ok(total),
         Err(e) => Err(e.into()),
@@ -334,17 +353,25 @@ async fn pump(
 
 /// Reads once from `src` into the thread's buffer and writes as much as `dst` takes at
 /// once; what it does not take goes to `spill`. Runs without awaiting, so the buffer is
-/// never held across a suspension.
-fn copy_once(src: &OwnedFd, dst: &OwnedFd, spill: &mut Vec<u8>) -> io::Result<Step> {
+/// never held across a suspension. `fin`: `src`'s peer has sent its FIN, so a read that
+/// does not fill the buffer gets the last data; that data is written with MSG_MORE, which
+/// holds it for the FIN (or close) that follows at once, so both leave in one segment.
+fn copy_once(src: &OwnedFd, dst: &OwnedFd, spill: &mut Vec<u8>, fin: bool) -> io::Result<Step> {
     BUFFER.with(|cell| {
         let mut buf = cell.borrow_mut();
         let n = retry_eintr(|| nix::unistd::read(src.as_raw_fd(), &mut buf[..]))?;
         if n == 0 {
             return Ok(Step::Eof);
         }
+        let last = fin && n < buf.len();
         let mut off = 0;
         while off < n {
-            match retry_eintr(|| nix::unistd::write(dst, &buf[off..n])) {
+            let wrote = if last {
+                retry_eintr(|| send_more(dst, &buf[off..n]))
+            } else {
+                retry_eintr(|| nix::unistd::write(dst, &buf[off..n]))
+            };
+            match wrote {
                 Ok(w) => off += w,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
@@ -396,6 +423,21 @@ async fn drain_pipe_by_copy(
     Ok(())
 }
 
+/// send(2) with MSG_MORE (which nix does not name): the kernel holds the bytes back for
+/// what follows (a FIN here) instead of sending them in a segment of their own.
+fn send_more(dst: &OwnedFd, buf: &[u8]) -> nix::Result<usize> {
+    // SAFETY: `buf` is valid for reading `buf.len()` bytes for the whole call.
+    let rc = unsafe {
+        libc::send(
+            dst.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_MORE | libc::MSG_NOSIGNAL,
+        )
+    };
+    nix::errno::Errno::result(rc).map(|n| n as usize)
+}
+
 fn retry_eintr<T>(mut f: impl FnMut() -> nix::Result<T>) -> io::Result<T> {
     loop {
         match f() {
@@ -408,27 +450,34 @@ fn retry_eintr<T>(mut f: impl FnMut() -> nix::Result<T>) -> io::Result<T> {
 /// Runs a read-side operation `f` when `fd` is readable (at once first, if `eager`).
 /// Readiness is cleared on EAGAIN, and when `drained` says the result left the socket empty
 /// (a short read), which saves the extra read that would only return EAGAIN.
+/// `f` is told whether the peer's FIN had arrived before it ran (the event loop saw the
+/// read side closed, with no error, i.e. no reset); the second value returned says that,
+/// and that `f` drained the socket: the stream has ended, no read needs to say so.
 async fn on_readable<T>(
     fd: &AsyncFd<OwnedFd>,
     eager: bool,
-    mut f: impl FnMut(&OwnedFd) -> io::Result<T>,
+    mut f: impl FnMut(&OwnedFd, bool) -> io::Result<T>,
     drained: impl Fn(&T) -> bool,
-) -> io::Result<T> {
+) -> io::Result<(T, bool)> {
     if eager {
-        match f(fd.get_ref()) {
+        match f(fd.get_ref(), false) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            r => return r,
+            r => return r.map(|v| (v, false)),
         }
     }
     loop {
-        let mut guard = fd.readable().await?;
-        match f(fd.get_ref()) {
+        // ERROR too, so that a reset (which also closes the read side) is told from a FIN.
+        let mut guard = fd.ready(Interest::READABLE | Interest::ERROR).await?;
+        let ready = guard.ready();
+        let fin = ready.is_read_closed() && !ready.is_error();
+        match f(fd.get_ref(), fin) {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
             Ok(v) => {
-                if drained(&v) {
+                let ended = drained(&v);
+                if ended {
                     guard.clear_ready();
                 }
-                return Ok(v);
+                return Ok((v, fin && ended));
             }
             Err(e) => return Err(e),
         }

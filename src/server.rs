@@ -206,34 +206,56 @@ fn describe(o: &Outcome) -> &'static str {
 
 /// Waits for a client, gets a backend connection for it, and only then accepts it, so a
 /// client that cannot be served stays in the queue systemd owns.
+///
+/// The queue is counted once per wake-up, right after the listener's readiness is cleared:
+/// every client that connects after that sets it again, so the clients counted can be
+/// served without looking again (a backend connection is fetched only for a client that is
+/// really there). A unix listener cannot tell its queue length, only that it is not empty:
+/// it is looked at again after each client.
 async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, number: RawFd) {
     let stop = shared.stop.clone();
     let mut fd_trouble: u32 = 0;
     let mut burst = Burst::default();
+    // Clients counted in the queue and not served yet.
+    let mut counted: usize = 0;
+    // Count again without waiting for readiness first.
+    let mut recount = false;
     loop {
-        let guard = tokio::select! {
-            biased;
-            _ = stop.requested() => return,
-            g = listener.readable() => g,
-        };
-        let mut guard = match guard {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::error!("cannot wait for connections on fd {number}: {e}");
-                stop.request(Outcome::Stopped);
-                return;
+        if counted == 0 {
+            if !recount {
+                let guard = tokio::select! {
+                    biased;
+                    _ = stop.requested() => return,
+                    g = listener.readable() => g,
+                };
+                match guard {
+                    Ok(mut g) => g.clear_ready(),
+                    Err(e) => {
+                        tracing::error!("cannot wait for connections on fd {number}: {e}");
+                        stop.request(Outcome::Stopped);
+                        return;
+                    }
+                }
             }
-        };
-        // Readiness may be stale after an accept: only fetch a backend connection for a
-        // client that is really there.
-        if !any_queued(std::slice::from_ref(&listener)) {
-            guard.clear_ready();
-            continue;
+            let fd = listener.get_ref().as_raw_fd();
+            (counted, recount) = match accept_queue_len(fd) {
+                Some(n) => (n, false),
+                None if any_queued(std::slice::from_ref(&listener)) => (1, true),
+                None => (0, false),
+            };
+            if counted == 0 {
+                continue;
+            }
         }
+        counted -= 1;
         let permit: OwnedSemaphorePermit = match acquire_slot(&shared, &listener, &mut burst).await
         {
             Slot::Got(p) => p,
-            Slot::Refused => continue,
+            // Nothing is left queued.
+            Slot::Refused => {
+                (counted, recount) = (0, false);
+                continue;
+            }
             Slot::Stop => return,
         };
         let busy = Busy::new(&shared);
@@ -247,6 +269,8 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, numbe
                 match r {
                     Ok(b) => b,
                     Err(ConnectError::TimedOut { last, waited }) => {
+                        // Every client counted is closed below; later ones set readiness.
+                        (counted, recount) = (0, false);
                         BackendTimedOut {
                             backend: shared.backend.target().to_string(),
                             last_error: last.to_string(),
@@ -271,6 +295,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, numbe
                     }
                     Err(ConnectError::NoFds(e)) => {
                         drop((busy, permit));
+                        (counted, recount) = (0, true);
                         if pause_for_fds(&stop, &mut fd_trouble, "connecting to the backend", &e)
                             .await
                         {
@@ -281,22 +306,30 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, numbe
                 }
             }
         };
-        let accepted = guard.try_io(|l| {
-            accept4(
-                l.get_ref().as_raw_fd(),
-                SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-            )
-            .map_err(std::io::Error::from)
-        });
+        let accepted = accept4(
+            listener.get_ref().as_raw_fd(),
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(std::io::Error::from);
         match accepted {
-            Ok(Ok(raw)) => {
+            Ok(raw) => {
                 fd_trouble = 0;
                 // SAFETY: accept4 just returned this fd; nothing else owns it.
                 let client = unsafe { OwnedFd::from_raw_fd(raw) };
                 spawn_relay(&shared, client, backend, permit, busy);
             }
-            Ok(Err(e)) => {
+            // The client left before we accepted it: close the backend connection rather than
+            // hold it open, which could keep an idle backend from exiting. With --proxy-protocol
+            // it closes without a header, as a client that leaves does: nginx notes that at
+            // info level only, while a LOCAL header followed by a close reads to HAProxy's
+            // HTTP mode as a bad request (400 in its log). The queue is empty now.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                drop(backend);
+                (counted, recount) = (0, false);
+            }
+            Err(e) => {
                 drop((backend, busy, permit));
+                (counted, recount) = (0, true);
                 if is_fd_exhaustion(&e) {
                     if pause_for_fds(&stop, &mut fd_trouble, "accepting", &e).await {
                         return;
@@ -308,12 +341,6 @@ async fn accept_loop(shared: Arc<Shared>, listener: Arc<AsyncFd<OwnedFd>>, numbe
                     }
                 }
             }
-            // The client left before we accepted it: close the backend connection rather than
-            // hold it open, which could keep an idle backend from exiting. With --proxy-protocol
-            // it closes without a header, as a client that leaves does: nginx notes that at
-            // info level only, while a LOCAL header followed by a close reads to HAProxy's
-            // HTTP mode as a bad request (400 in its log).
-            Err(_would_block) => drop(backend),
         }
     }
 }
