@@ -19,8 +19,9 @@
 # `tuning` feature: see benches/tuning.sh and src/tuning.rs). Variants get no RSS run.
 # proxy=v1|v2 adds --proxy-protocol=v1|v2: that variant runs only http_ka and new_conn, against
 # a second nginx port that reads the PROXY protocol (e.g. PROXIES="rsproxyd rsproxyd:proxy=v2"
-# BENCH_WORKLOADS=new_conn: the header's cost per new connection). `kernel` (rsproxyd:kernel)
-# adds --kernel-relay (needs root; the binary is then built with the cargo feature
+# BENCH_WORKLOADS=new_conn: the header's cost per new connection).
+# bin=PATH runs the rsproxyd at PATH instead (an older build, for before/after in one run).
+# `kernel` (rsproxyd:kernel) adds --kernel-relay (needs root; the binary is then built with the cargo feature
 # kernel-relay, which the shipped build leaves out): established relays are moved by the
 # kernel (BPF sockmap).
 # Its work then runs in softirq and in a kernel worker thread, not in the proxy's process,
@@ -36,6 +37,8 @@
 #   rr_50conn   redis-benchmark GET, 50 connections            requests/s
 #   http_ka     wrk, 50 keep-alive connections, nginx          requests/s
 #   new_conn    wrk, 50 clients, "Connection: close", nginx    connections/s
+#   new_conn_ab ab, 20 clients, no keep-alive, nginx           connections/s  (not by default:
+#               the second load generator for new_conn)
 #   cold_start  loadgen: backend binds 20-120 ms after the client arrives; delay from its
 #               bind to the first byte reaching it (rsproxyd vs ssp behind the seed's guard)
 #   udp         benches/udp.sh, after the rounds: dnsperf (50 clients, dnsmasq) and
@@ -49,10 +52,10 @@ ROOT=$PWD
 QUICK=${QUICK:-0}
 if [[ $QUICK == 1 ]]; then
     ROUNDS=${ROUNDS:-1}
-    BULK_SECS=2 RR1_N=5000 RR50_N=40000 HTTP_SECS=2 COLD_N=6 RSS_CONNS=1000
+    BULK_SECS=2 RR1_N=5000 AB_N=5000 RR50_N=40000 HTTP_SECS=2 COLD_N=6 RSS_CONNS=1000
 else
     ROUNDS=${ROUNDS:-3}
-    BULK_SECS=4 RR1_N=20000 RR50_N=200000 HTTP_SECS=4 COLD_N=10 RSS_CONNS=1000
+    BULK_SECS=4 RR1_N=20000 AB_N=20000 RR50_N=200000 HTTP_SECS=4 COLD_N=10 RSS_CONNS=1000
 fi
 PROXIES_SET=${PROXIES:-}
 read -r -a PROXIES <<<"${PROXIES:-direct rsproxyd ssp haproxy}"
@@ -109,7 +112,7 @@ if has_proxy rsproxyd; then
         variants=0 kernel=0
         # (a variant that only adds --proxy-protocol needs no tuning build)
         for p in "${PROXIES[@]}"; do
-            [[ $p == rsproxyd:* && ! ${p#rsproxyd:} =~ ^(proxy=[^,]*|kernel)(,(proxy=[^,]*|kernel))*$ ]] && variants=1
+            [[ $p == rsproxyd:* && ! ${p#rsproxyd:} =~ ^(proxy=[^,]*|kernel|bin=[^,]*)(,(proxy=[^,]*|kernel|bin=[^,]*))*$ ]] && variants=1
             [[ $p == rsproxyd:* && ,${p#rsproxyd:}, == *,kernel,* ]] && kernel=1
         done
         if ((variants)); then
@@ -237,12 +240,14 @@ proxy_up() { # NAME BACKEND_PORT
         IFS=, read -r -a kvs <<<"${name#rsproxyd:}"
         for kv in "${kvs[@]}"; do
             case $kv in
-            threads=* | proxy=* | kernel) ;;
+            threads=* | proxy=* | kernel | bin=*) ;;
             ?*=*) argv+=("RSPROXYD_TUNE_$(tr a-z A-Z <<<"${kv%%=*}")=${kv#*=}") ;;
             *) die "bad variant $name: '$kv' is not KEY=VALUE" ;;
             esac
         done
-        argv+=("$RSPROXYD" -c 4096)
+        local bin=$RSPROXYD
+        [[ ,${name#rsproxyd:}, =~ ,bin=([^,]+), ]] && bin=${BASH_REMATCH[1]}
+        argv+=("$bin" -c 4096)
         [[ ,${name#rsproxyd:}, =~ ,threads=([0-9]+), ]] && argv+=("--threads=${BASH_REMATCH[1]}")
         [[ ,${name#rsproxyd:}, =~ ,proxy=([^,]+), ]] && argv+=("--proxy-protocol=${BASH_REMATCH[1]}")
         [[ ,${name#rsproxyd:}, == *,kernel,* ]] && argv+=(--kernel-relay)
@@ -255,9 +260,10 @@ proxy_up() { # NAME BACKEND_PORT
         ;;
     *) die "unknown proxy $name" ;;
     esac
-    local portfile=$WORK/port.$name.$2
+    local tag=${name//\//_}
+    local portfile=$WORK/port.$tag.$2
     rm -f "$portfile"
-    "$LOADGEN" activate "$portfile" -- "${argv[@]}" >>"$OUT/logs/proxy-$name.log" 2>&1 &
+    "$LOADGEN" activate "$portfile" -- "${argv[@]}" >>"$OUT/logs/proxy-$tag.log" 2>&1 &
     PROXY_PID=$!
     local i
     for i in $(seq 200); do
@@ -314,6 +320,17 @@ measure() { # WORKLOAD PROXY LOGFILE
         WORK=$(awk '/ requests in / { print $1 }' "$logf")
         grep -E 'Socket errors|Non-2xx' "$logf" | sed "s|^ *|$w/$p round $r: wrk: |" >>"$NOTES" || true
         ;;
+    new_conn_ab)
+        # the second load generator for new connections: ab, 20 clients, no keep-alive
+        proxy_up "$p" "$NGINX_PORT"
+        timeout 120 ab -q -n "$AB_N" -c 20 "http://127.0.0.1:$PROXY_PORT/" >"$logf" 2>&1 || true
+        if grep -q '^Failed requests: *0$' "$logf"; then
+            VALUE=$(awk '/^Requests per second:/ { print $4 }' "$logf")
+            WORK=$(awk '/^Complete requests:/ { print $3 }' "$logf")
+        else
+            grep -E '^Failed requests' "$logf" | sed "s|^|$w/$p round $r: ab: |" >>"$NOTES" || true
+        fi
+        ;;
     cold_start)
         local name=$p
         case $p in ssp) name=ssp+guard ;; rsproxyd) ;; *) return 0 ;; esac
@@ -340,9 +357,9 @@ for ((r = 1; r <= ROUNDS; r++)); do
             p=${PROXIES[$(((k + r - 1) % n))]} # rotate the order every round
             [[ $w == cold_start && $p != rsproxyd && $p != ssp ]] && continue
             [[ $p == *proxy=* && $w != http_ka && $w != new_conn ]] && continue
-            measure "$w" "$p" "$OUT/logs/r$r-$w-$p.log"
+            measure "$w" "$p" "$OUT/logs/r$r-$w-${p//\//_}.log"
             v=$VALUE
-            [[ -n $v ]] || echo "$w/$p round $r failed: see logs/r$r-$w-$p.log" | tee -a "$NOTES" >&2
+            [[ -n $v ]] || echo "$w/$p round $r failed: see logs/r$r-$w-${p//\//_}.log" | tee -a "$NOTES" >&2
             log "  $w $p ${v:-FAILED}${CPU_S:+ (proxy CPU ${CPU_S} s)}"
             printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$w" "$p" "${v:-nan}" "${CPU_S:-nan}" "${WORK:-nan}" "${MACHINE_CPU_S:-nan}" >>"$RAW"
         done

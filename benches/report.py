@@ -19,6 +19,7 @@ WORKLOADS = [
     ("rr_50conn", "Small req/resp, 50 connections (redis-benchmark GET)", "req/s", True),
     ("http_ka", "HTTP keep-alive, 50 connections (wrk, nginx)", "req/s", True),
     ("new_conn", "New connections, 50 clients (wrk, Connection: close)", "conn/s", True),
+    ("new_conn_ab", "New connections, 20 clients (ab, no keep-alive)", "conn/s", True),
     ("cold_start", "Cold-start delay over the backend's bind (ssp: with the seed's guard)", "ms", False),
 ]
 PROXY_ORDER = ["direct", "rsproxyd", "ssp", "haproxy"]
@@ -34,6 +35,7 @@ CPU_UNITS = {
     "rr_50conn": ("µs per request", 1e6),
     "http_ka": ("µs per request", 1e6),
     "new_conn": ("µs per connection", 1e6),
+    "new_conn_ab": ("µs per connection", 1e6),
 }
 
 
@@ -292,7 +294,7 @@ def chart(proxies, med, rss, machine, paired):
     groups = [w for w in WORKLOADS if w[3] and med.get((w[0], "direct"))]
     gw = (x1 - x0) / max(len(groups), 1)
     names = {"bulk": "bulk", "rr_1conn": "req/resp ×1", "rr_50conn": "req/resp ×50",
-             "http_ka": "HTTP keep-alive", "new_conn": "new conns"}
+             "http_ka": "HTTP keep-alive", "new_conn": "new conns", "new_conn_ab": "new conns (ab)"}
     for i, (key, _, _, _) in enumerate(groups):
         bw = gw * 0.75 / max(len(shown), 1)
         for j, p in enumerate(shown):

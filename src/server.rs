@@ -409,7 +409,6 @@ fn spawn_relay(
     busy: Busy,
 ) {
     shared.served.fetch_add(1, Ordering::Relaxed);
-    let target = shared.backend.target().to_string();
     let cut = shared.stop.cut.clone();
     let started = Instant::now();
     let totals = shared.clone();
@@ -422,6 +421,8 @@ fn spawn_relay(
     };
     shared.relays.spawn(async move {
         let _hold = (permit, busy);
+        // Borrowed, not copied per connection: it is formatted only when something is logged.
+        let target = totals.backend.target();
         let client = match crate::relay::register(client) {
             Ok(c) => c,
             Err(e) => {
@@ -506,7 +507,7 @@ fn spawn_relay(
         if debug {
             ConnectionEnded {
                 client: peer,
-                backend: target,
+                backend: target.to_string(),
                 bytes_to_backend: moved.to_backend,
                 bytes_to_client: moved.to_client,
                 duration: started.elapsed(),
