@@ -10,6 +10,7 @@
 #                                    (e.g. an older build, for before/after)
 #   RSPROXYD_BIN=target/release/rsproxyd
 #   REQUESTS=5000 CLIENTS=20         the ab run
+#   BACKEND_HOST=127.0.0.1           how the proxies name nginx (localhost: a name to resolve)
 # Prints one table: calls per connection for each proxy, by call, and the total.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +20,7 @@ read -r -a PROXIES <<<"${PROXIES:-rsproxyd haproxy ssp}"
 RSPROXYD_BIN=${RSPROXYD_BIN:-target/release/rsproxyd}
 REQUESTS=${REQUESTS:-5000}
 CLIENTS=${CLIENTS:-20}
+BACKEND_HOST=${BACKEND_HOST:-127.0.0.1}
 SSP=/lib/systemd/systemd-socket-proxyd
 
 die() { echo "syscalls.sh: $*" >&2; exit 1; }
@@ -71,9 +73,9 @@ count() { # NAME OUTFILE
     tag=$(tr -c 'A-Za-z0-9\n' _ <<<"$name")
     port=$(freeport)
     case $name in
-    rsproxyd) argv=("$RSPROXYD_BIN" -c 4096 "127.0.0.1:$NGINX_PORT") ;;
-    rsproxyd@*) argv=("${name#rsproxyd@}" -c 4096 "127.0.0.1:$NGINX_PORT") ;;
-    ssp) argv=("$SSP" -c 4096 "127.0.0.1:$NGINX_PORT") ;;
+    rsproxyd) argv=("$RSPROXYD_BIN" -c 4096 "$BACKEND_HOST:$NGINX_PORT") ;;
+    rsproxyd@*) argv=("${name#rsproxyd@}" -c 4096 "$BACKEND_HOST:$NGINX_PORT") ;;
+    ssp) argv=("$SSP" -c 4096 "$BACKEND_HOST:$NGINX_PORT") ;;
     haproxy)
         cat >"$WORK/haproxy.cfg" <<EOF
 global
@@ -85,7 +87,7 @@ defaults
     timeout server 60s
 listen relay
     bind fd@3
-    server backend 127.0.0.1:$NGINX_PORT
+    server backend $BACKEND_HOST:$NGINX_PORT
 EOF
         argv=(haproxy -db -q -f "$WORK/haproxy.cfg")
         ;;

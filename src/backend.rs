@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use socket2::{Domain, SockAddr, Socket, Type};
 use tokio::io::unix::AsyncFd;
 
-use crate::limits::{probe_delay, PROBE_RESOLVE_EVERY};
+use crate::limits::{probe_delay, PROBE_RESOLVE_EVERY, RESOLVED_KEPT_FOR};
 use crate::target::Target;
 
 /// A connected, non-blocking backend socket registered with the event loop.
@@ -50,6 +50,10 @@ pub struct Backend {
     health: Mutex<Health>,
     /// How many cold-start probe sequences ran (one per cold period, not one per client).
     sequences: AtomicU64,
+    /// A name target's addresses and when they were resolved: reused for
+    /// [`RESOLVED_KEPT_FOR`] while connecting to them works, so getaddrinfo (on a blocking
+    /// thread) is not on every connection's path.
+    resolved: Mutex<Option<(Instant, Vec<SockAddr>)>>,
 }
 
 impl Backend {
@@ -61,6 +65,7 @@ impl Backend {
             seen_up: AtomicBool::new(false),
             health: Mutex::new(Health::Untried),
             sequences: AtomicU64::new(0),
+            resolved: Mutex::new(None),
         }
     }
 
@@ -81,11 +86,20 @@ impl Backend {
     pub async fn connect(&self, timeout: Option<Duration>) -> Result<Conn, ConnectError> {
         let start = Instant::now();
         let deadline = timeout.map(|t| start + t);
-        let mut addrs = self.target.resolve().await;
-        let first = match &addrs {
+        let (mut addrs, kept) = self.addresses().await;
+        let mut first = match &addrs {
             Ok(a) => self.attempt(a, deadline).await,
             Err(e) => Err(copy_err(e)),
         };
+        if kept && first.is_err() {
+            // The addresses kept may be what failed: try once with a fresh answer.
+            self.forget_addresses();
+            (addrs, _) = self.addresses().await;
+            first = match &addrs {
+                Ok(a) => self.attempt(a, deadline).await,
+                Err(e) => Err(copy_err(e)),
+            };
+        }
         let last = match first {
             Ok(conn) => return Ok(self.up(conn)),
             Err(e) => e,
@@ -149,7 +163,8 @@ impl Backend {
             }
             tokio::time::sleep(pause).await;
             if self.target.needs_resolving() && resolved_at.elapsed() >= PROBE_RESOLVE_EVERY {
-                addrs = self.target.resolve().await;
+                self.forget_addresses();
+                (addrs, _) = self.addresses().await;
                 resolved_at = Instant::now();
             }
             attempts += 1;
@@ -174,6 +189,29 @@ impl Backend {
                 Err(e) => last = e,
             }
         }
+    }
+
+    /// The target's addresses, and whether they were kept from before: an address target's
+    /// at once; a name's as resolved at most [`RESOLVED_KEPT_FOR`] ago, or resolved now.
+    async fn addresses(&self) -> (io::Result<Vec<SockAddr>>, bool) {
+        if !self.target.needs_resolving() {
+            return (self.target.resolve().await, false);
+        }
+        if let Some((at, addrs)) = &*self.resolved.lock().expect("resolved lock poisoned") {
+            if at.elapsed() < RESOLVED_KEPT_FOR {
+                return (Ok(addrs.clone()), true);
+            }
+        }
+        let result = self.target.resolve().await;
+        if let Ok(addrs) = &result {
+            *self.resolved.lock().expect("resolved lock poisoned") =
+                Some((Instant::now(), addrs.clone()));
+        }
+        (result, false)
+    }
+
+    fn forget_addresses(&self) {
+        *self.resolved.lock().expect("resolved lock poisoned") = None;
     }
 
     fn up(&self, conn: Conn) -> Conn {
@@ -344,6 +382,33 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(t.elapsed() < Duration::from_secs(5));
+    }
+
+    /// A name target is resolved once and its addresses reused; addresses kept that no longer
+    /// work are dropped for a fresh answer at once, without a cold-start probe.
+    #[tokio::test]
+    async fn name_target_addresses_kept_and_renewed_on_failure() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let backend = Backend::new(format!("localhost:{port}").parse().unwrap(), false);
+        assert!(backend.connect(Some(Duration::from_secs(5))).await.is_ok());
+        let kept = backend.resolved.lock().unwrap().clone();
+        let (at, addrs) = kept.expect("a name's addresses are kept");
+        assert!(addrs
+            .iter()
+            .any(|a| a.as_socket().is_some_and(|s| s.port() == port)));
+        assert!(backend.connect(Some(Duration::from_secs(5))).await.is_ok());
+        assert_eq!(backend.resolved.lock().unwrap().as_ref().unwrap().0, at);
+        // Kept addresses that refuse (a port nothing listens on): a fresh answer is used.
+        let (_cold, dead) = bound_not_listening();
+        let stale: SockAddr = std::net::SocketAddr::from(([127, 0, 0, 1], dead)).into();
+        *backend.resolved.lock().unwrap() = Some((Instant::now(), vec![stale]));
+        assert!(backend.connect(Some(Duration::ZERO)).await.is_ok());
+        assert_eq!(backend.probe_sequences(), 0);
+        let renewed = backend.resolved.lock().unwrap().clone().unwrap().1;
+        assert!(renewed
+            .iter()
+            .any(|a| a.as_socket().is_some_and(|s| s.port() == port)));
     }
 
     /// A missing unix socket file counts as "not listening yet"; zero timeout tries once.

@@ -41,6 +41,11 @@ pub const PROBE_SLOW_DELAY: Duration = Duration::from_millis(4);
 /// How often names in TARGET are resolved again while the probe runs.
 pub const PROBE_RESOLVE_EVERY: Duration = Duration::from_secs(1);
 
+/// How long a name target's addresses are used for new connections before it is resolved
+/// again (at once after a connection to them fails). systemd-socket-proxyd resolves for
+/// every connection; a few seconds keeps a changed /etc/hosts or DNS answer current.
+pub const RESOLVED_KEPT_FOR: Duration = Duration::from_secs(5);
+
 /// First pause after accept() or socket() fails for lack of file descriptors.
 pub const FD_BACKOFF_MIN: Duration = Duration::from_millis(10);
 
