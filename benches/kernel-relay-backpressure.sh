@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # How much a client can push through rsproxyd to a backend that accepts and never reads:
-# the user-space relay against --kernel-relay (docs/performance.md, "No backpressure").
+# the user-space relay against --kernel-relay (docs/performance.md, "Backpressure: a credit per direction").
 # As root (the kernel relay needs CAP_BPF and CAP_NET_ADMIN); loopback only; about 20 s.
 #
 # usage: benches/kernel-relay-backpressure.sh [RSPROXYD_BINARY]   (default target/kernel-relay/release/rsproxyd)
