@@ -688,3 +688,35 @@ fn a_backend_that_never_reads_holds_the_client_back() {
     let log = proxy.stderr();
     assert!(log.contains("kept bytes relayed in user space"), "{log}");
 }
+
+/// Without CAP_BPF and CAP_NET_ADMIN (root with an empty bounding set, so the exec leaves it
+/// no capabilities): one warning says why, no relay goes into the kernel, and bytes are
+/// relayed as without `--kernel-relay`.
+#[test]
+fn without_capabilities_one_warning_and_user_space() {
+    if !root() {
+        return;
+    }
+    let backend = echo_backend();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let target = backend.addr.to_string();
+    let proxy = spawn_with_fd_under(
+        &["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"],
+        listener.into(),
+        &["--kernel-relay", &target],
+        &[("RUST_LOG", "debug")],
+    );
+    let data = pattern(3 * 1024 * 1024, 5);
+    assert!(exchange(addr, &data).unwrap() == data);
+    assert!(exchange(addr, b"x").unwrap() == b"x");
+    let log = proxy.stderr();
+    assert_eq!(log.matches("WARN").count(), 1, "{log}");
+    assert!(
+        log.contains("--kernel-relay: cannot create a BPF sockmap")
+            && log.contains("CAP_BPF and CAP_NET_ADMIN")
+            && log.contains("relaying in user space"),
+        "{log}"
+    );
+    assert_eq!(in_kernel(&proxy), 0, "{log}");
+}
