@@ -5,19 +5,10 @@
 //! - the *peer* map holds, under each relayed socket's cookie, its peer socket. It has no
 //!   program, so entering it changes nothing about how a socket receives;
 //! - the *verdict* map holds each relayed socket under its own cookie and carries an SK_SKB
-//!   stream-verdict program (written out below in fifty BPF instructions): for each
+//!   stream-verdict program (written out below in fifteen BPF instructions): for each
 //!   segment a socket in it receives, it looks up the receiving socket's cookie in the peer
-//!   map and redirects the data to that peer's send path (`bpf_sk_redirect_hash`, flags 0)
-//!   while the direction has credit. If the lookup fails the data stays with the receiving
-//!   socket (SK_PASS), never dropped.
-//!
-//! Backpressure. What the program redirects waits in the peer's sockmap queue, which has no
-//! limit, until the peer's send queue has room. So each direction has a credit
-//! ([`crate::limits::KERNEL_RELAY_CREDIT`] bytes, in a hash map user space writes, beside
-//! one the program counts in): past it the program keeps segments with the receiving socket
-//! (charged to its receive buffer, so TCP's window closes and the sender waits), and every
-//! later one until user space, woken by them, has relayed them itself after everything
-//! redirected before them reached the peer's send queue; then it grants new credit.
+//!   map and redirects the data to that peer's send path (`bpf_sk_redirect_hash`, flags 0).
+//!   If the lookup fails the data stays with the receiving socket (SK_PASS), never dropped.
 //!
 //! A relay enters kernel mode in this order: user space first reads each socket's receive
 //! queue empty and writes it to the peer (no segment is left half read, which the verdict
@@ -34,7 +25,6 @@
 use std::io;
 use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use tokio::io::unix::AsyncFd;
@@ -45,18 +35,14 @@ use crate::relay::{tcp_info, Moved, Progress, Timeouts};
 
 // From linux/bpf.h (checked against this machine's header).
 const BPF_MAP_CREATE: libc::c_int = 0;
-const BPF_MAP_LOOKUP_ELEM: libc::c_int = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_int = 3;
 const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_PROG_ATTACH: libc::c_int = 8;
-const BPF_MAP_TYPE_HASH: u32 = 1;
 const BPF_MAP_TYPE_SOCKHASH: u32 = 18;
 const BPF_PROG_TYPE_SK_SKB: u32 = 14;
 const BPF_SK_SKB_STREAM_VERDICT: u32 = 5;
-const BPF_ANY: u64 = 0;
 const BPF_NOEXIST: u64 = 1;
-const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_FUNC_GET_SOCKET_COOKIE: i32 = 46;
 const BPF_FUNC_SK_REDIRECT_HASH: i32 = 72;
 const BPF_PSEUDO_MAP_FD: u8 = 1;
@@ -92,83 +78,34 @@ const ADD64_IMM: u8 = 0x07; // BPF_ALU64 | BPF_ADD | BPF_K
 const STX_DW: u8 = 0x7b; // BPF_STX | BPF_MEM | BPF_DW
 const LD_IMM64: u8 = 0x18; // BPF_LD | BPF_IMM | BPF_DW (two slots)
 const LDX_W: u8 = 0x61; // BPF_LDX | BPF_MEM | BPF_W
-const LDX_DW: u8 = 0x79; // BPF_LDX | BPF_MEM | BPF_DW
-const ADD64_REG: u8 = 0x0f; // BPF_ALU64 | BPF_ADD | BPF_X
-const SUB64_REG: u8 = 0x1f; // BPF_ALU64 | BPF_SUB | BPF_X
-const JNE_REG: u8 = 0x5d; // BPF_JMP | BPF_JNE | BPF_X
-const JGT_REG: u8 = 0x2d; // BPF_JMP | BPF_JGT | BPF_X (unsigned)
 const JEQ_IMM: u8 = 0x15; // BPF_JMP | BPF_JEQ | BPF_K
 const CALL: u8 = 0x85; // BPF_JMP | BPF_CALL
 const EXIT: u8 = 0x95; // BPF_JMP | BPF_EXIT
 
-/// The stream-verdict program. `peer_map` is the peer map's fd; `counts` the fd of a hash
-/// map from a socket's cookie to [`Counts`] (written by the program only) and `grants` of
-/// one to [`Grant`] (written by user space only), so that neither overwrites the other.
+/// The stream-verdict program, with `peer_map` the peer map's fd:
 /// ```text
-/// r6 = r1; r7 = skb->len                   ; the __sk_buff, its length
+/// r6 = r1                                  ; the __sk_buff
+/// r2 = skb->len
 /// r0 = SK_DROP
-/// if r7 == 0 goto out                      ; a bare FIN: nothing to send (see below)
-/// key = bpf_get_socket_cookie(r1)          ; the receiving socket's cookie, at r10 - 8
-/// r8 = lookup(counts, key); if !r8 goto pass
-/// r9 = lookup(grants, key); if !r9 goto keep
-/// if r8->blocked && r8->passed != r9->relayed goto keep   ; older kept data not relayed yet
-/// if r8->redirected + r7 > r9->granted goto keep          ; no credit left
-/// r8->redirected += r7; r8->blocked = 0
-/// if bpf_sk_redirect_hash(r6, peer_map, key, 0) == SK_PASS goto pass   ; sent on
-/// r8->redirected -= r7                     ; no peer (never while relaying): keep it
-/// keep: r8->passed += r7; r8->blocked = 1
-/// pass: r0 = SK_PASS
+/// if r2 == 0 goto out                      ; a bare FIN: nothing to send (see below)
+/// r0 = bpf_get_socket_cookie(r1)           ; the receiving socket's cookie
+/// *(u64 *)(r10 - 8) = r0
+/// r0 = bpf_sk_redirect_hash(r6, peer_map, r10 - 8, 0)
+/// r0 = SK_PASS                             ; redirected if found, else kept
 /// out: return r0
 /// ```
-/// Kept data (SK_PASS without a redirect) goes to the receiving socket's own queue, where
-/// it stays charged to that socket's receive buffer, so TCP's window closes; user space,
-/// woken by it, relays it itself once everything redirected before it is in the peer's send
-/// queue, then grants more credit. Once the program keeps a segment it keeps every later
-/// one until user space has relayed all it kept (`blocked`), so the order holds.
-///
 /// A FIN that comes in a segment of its own reaches the program as an empty skb. Redirected,
 /// the sockmap's sender would try to send zero bytes, take the 0 for a failure and set EPIPE
 /// on the peer (kernel 6.18, seen here). It carries no data, and TCP has already noted the
 /// FIN, which user space sees; so it is dropped.
-fn verdict_program(peer_map: RawFd, counts: RawFd, grants: RawFd) -> [Insn; 50] {
-    const KEEP: i16 = 43;
-    const PASS: i16 = 48;
-    const OUT: i16 = 49;
-    // A jump at `at` to `to`: its offset counts from the next instruction.
-    let to = |at: i16, to: i16| to - at - 1;
+fn verdict_program(peer_map: RawFd) -> [Insn; 15] {
     [
         insn(MOV64_REG, 6, 1, 0, 0),
-        insn(LDX_W, 7, 1, 0, 0),
+        insn(LDX_W, 2, 1, 0, 0),
         insn(MOV64_IMM, 0, 0, 0, SK_DROP),
-        insn(JEQ_IMM, 7, 0, to(3, OUT), 0),
+        insn(JEQ_IMM, 2, 0, 10, 0),
         insn(CALL, 0, 0, 0, BPF_FUNC_GET_SOCKET_COOKIE),
         insn(STX_DW, 10, 0, -8, 0),
-        insn(LD_IMM64, 1, BPF_PSEUDO_MAP_FD, 0, counts),
-        insn(0, 0, 0, 0, 0),
-        insn(MOV64_REG, 2, 10, 0, 0),
-        insn(ADD64_IMM, 2, 0, 0, -8),
-        insn(CALL, 0, 0, 0, BPF_FUNC_MAP_LOOKUP_ELEM),
-        insn(JEQ_IMM, 0, 0, to(11, PASS), 0),
-        insn(MOV64_REG, 8, 0, 0, 0),
-        insn(LD_IMM64, 1, BPF_PSEUDO_MAP_FD, 0, grants),
-        insn(0, 0, 0, 0, 0),
-        insn(MOV64_REG, 2, 10, 0, 0),
-        insn(ADD64_IMM, 2, 0, 0, -8),
-        insn(CALL, 0, 0, 0, BPF_FUNC_MAP_LOOKUP_ELEM),
-        insn(JEQ_IMM, 0, 0, to(18, KEEP), 0),
-        insn(MOV64_REG, 9, 0, 0, 0),
-        insn(LDX_DW, 1, 8, 16, 0),
-        insn(JEQ_IMM, 1, 0, to(21, 25), 0),
-        insn(LDX_DW, 1, 8, 8, 0),
-        insn(LDX_DW, 2, 9, 8, 0),
-        insn(JNE_REG, 1, 2, to(24, KEEP), 0),
-        insn(LDX_DW, 1, 8, 0, 0),
-        insn(ADD64_REG, 1, 7, 0, 0),
-        insn(LDX_DW, 2, 9, 0, 0),
-        insn(JGT_REG, 1, 2, to(28, KEEP), 0),
-        insn(STX_DW, 8, 1, 0, 0),
-        insn(MOV64_IMM, 1, 0, 0, 0),
-        insn(STX_DW, 8, 1, 16, 0),
         insn(MOV64_REG, 1, 6, 0, 0),
         insn(LD_IMM64, 2, BPF_PSEUDO_MAP_FD, 0, peer_map),
         insn(0, 0, 0, 0, 0),
@@ -176,43 +113,9 @@ fn verdict_program(peer_map: RawFd, counts: RawFd, grants: RawFd) -> [Insn; 50] 
         insn(ADD64_IMM, 3, 0, 0, -8),
         insn(MOV64_IMM, 4, 0, 0, 0),
         insn(CALL, 0, 0, 0, BPF_FUNC_SK_REDIRECT_HASH),
-        insn(JEQ_IMM, 0, 0, to(39, PASS), SK_PASS),
-        insn(LDX_DW, 1, 8, 0, 0),
-        insn(SUB64_REG, 1, 7, 0, 0),
-        insn(STX_DW, 8, 1, 0, 0),
-        // KEEP (43)
-        insn(LDX_DW, 1, 8, 8, 0),
-        insn(ADD64_REG, 1, 7, 0, 0),
-        insn(STX_DW, 8, 1, 8, 0),
-        insn(MOV64_IMM, 1, 0, 0, 1),
-        insn(STX_DW, 8, 1, 16, 0),
-        // PASS (48)
         insn(MOV64_IMM, 0, 0, 0, SK_PASS),
-        // OUT (49)
         insn(EXIT, 0, 0, 0, 0),
     ]
-}
-
-/// What the verdict program counted for one socket (the value of the counts map).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct Counts {
-    /// Bytes it redirected to the peer.
-    redirected: u64,
-    /// Bytes it kept with the socket for user space to relay.
-    passed: u64,
-    /// 1 while kept bytes wait for user space.
-    blocked: u64,
-}
-
-/// What user space allows for one socket (the value of the grants map).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-struct Grant {
-    /// The program may redirect until `redirected` would pass this.
-    granted: u64,
-    /// Kept bytes user space has relayed: the program redirects again once `passed` equals it.
-    relayed: u64,
 }
 
 /// union bpf_attr for BPF_MAP_CREATE (the fields used).
@@ -319,10 +222,6 @@ pub enum SetupError {
 pub struct KernelRelay {
     verdict_map: OwnedFd,
     peer_map: OwnedFd,
-    /// Cookie -> [`Counts`], written by the program.
-    counts: OwnedFd,
-    /// Cookie -> [`Grant`], written by user space.
-    grants: OwnedFd,
     /// Held so the program stays loaded (the attachment also holds it).
     _prog: OwnedFd,
 }
@@ -332,25 +231,20 @@ impl KernelRelay {
     /// attaches it.
     pub fn load(sockets: usize) -> Result<Self, SetupError> {
         let max = u32::try_from(sockets.max(2)).unwrap_or(u32::MAX);
-        let map = |name: &str, map_type: u32, value_size: usize| {
+        let map = |name: &str| {
             let mut attr = MapCreateAttr {
-                map_type,
+                map_type: BPF_MAP_TYPE_SOCKHASH,
                 key_size: 8,
-                value_size: value_size as u32,
+                value_size: 8,
                 max_entries: max,
                 map_name: name16(name),
                 ..Default::default()
             };
             bpf(BPF_MAP_CREATE, &mut attr).map(owned)
         };
-        let peer_map = map("rsproxyd_peer", BPF_MAP_TYPE_SOCKHASH, 8).map_err(SetupError::Map)?;
-        let verdict_map =
-            map("rsproxyd_verd", BPF_MAP_TYPE_SOCKHASH, 8).map_err(SetupError::Map)?;
-        let counts = map("rsproxyd_count", BPF_MAP_TYPE_HASH, size_of::<Counts>())
-            .map_err(SetupError::Map)?;
-        let grants = map("rsproxyd_grant", BPF_MAP_TYPE_HASH, size_of::<Grant>())
-            .map_err(SetupError::Map)?;
-        let program = verdict_program(peer_map.as_raw_fd(), counts.as_raw_fd(), grants.as_raw_fd());
+        let peer_map = map("rsproxyd_peer").map_err(SetupError::Map)?;
+        let verdict_map = map("rsproxyd_verd").map_err(SetupError::Map)?;
+        let program = verdict_program(peer_map.as_raw_fd());
         let license = b"Dual MIT/GPL\0";
         let mut log = vec![0u8; 0];
         let load = |log: &mut Vec<u8>| {
@@ -397,35 +291,8 @@ impl KernelRelay {
         Ok(Self {
             verdict_map,
             peer_map,
-            counts,
-            grants,
             _prog: prog,
         })
-    }
-
-    /// Sets `key`'s value in a hash map (created or replaced).
-    fn set<T>(map: &OwnedFd, key: u64, value: &T) -> io::Result<()> {
-        let mut attr = MapElemAttr {
-            map_fd: map.as_raw_fd() as u32,
-            key: &key as *const u64 as u64,
-            value: value as *const T as u64,
-            flags: BPF_ANY,
-            ..Default::default()
-        };
-        bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
-    }
-
-    /// What the program counted for the socket with cookie `key`.
-    fn counts(&self, key: u64) -> io::Result<Counts> {
-        let mut value = Counts::default();
-        let mut attr = MapElemAttr {
-            map_fd: self.counts.as_raw_fd() as u32,
-            key: &key as *const u64 as u64,
-            value: &mut value as *mut Counts as u64,
-            ..Default::default()
-        };
-        bpf(BPF_MAP_LOOKUP_ELEM, &mut attr)?;
-        Ok(value)
     }
 
     fn update(map: &OwnedFd, key: u64, sock: RawFd) -> io::Result<()> {
@@ -561,12 +428,20 @@ fn kick(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// The environment variable that lets `--kernel-relay` run although it is known to be
+/// unsafe (no backpressure, duplicated segments): for tests and benchmarks only.
+pub const UNSAFE_ENV: &str = "RSPROXYD_KERNEL_RELAY_UNSAFE";
+
 /// Sets up `--kernel-relay` for the daemon; where it cannot be, one warning says why and
 /// every relay stays in user space. The kernel relay cannot see when bytes last moved, so it
 /// is not used with `--connection-idle-timeout` or `--half-close-timeout` (the user-space
 /// relay enforces them).
 pub fn setup(config: &Config) -> Option<Arc<KernelRelay>> {
     if !config.kernel_relay {
+        return None;
+    }
+    if std::env::var(UNSAFE_ENV).as_deref() != Ok("1") {
+        tracing::warn!("--kernel-relay: refused: the kernel relay has no backpressure (the kernel holds without limit what a slow receiver has not taken yet) and on this kernel it can send a received segment twice (docs/performance.md, \"The kernel relay\"); {UNSAFE_ENV}=1 runs it anyway, for measurements; relaying in user space");
         return None;
     }
     if config.idle_timeout.is_some() || config.half_close_timeout.is_some() {
@@ -619,6 +494,18 @@ pub async fn relay(
     }
 }
 
+/// One direction of a relay in the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    /// Data flows; no FIN yet.
+    Open,
+    /// The source sent its FIN after `required` bytes (counted from the switch to the
+    /// kernel); the destination is shut down once its send queue has taken them all.
+    Fin { required: u64 },
+    /// The destination was shut down for writing.
+    Done,
+}
+
 /// Where each direction's count starts: what user space had read from each socket and
 /// written to each when the sockets went into the maps.
 #[derive(Clone, Copy, Debug)]
@@ -654,9 +541,8 @@ async fn kernel_relay(
         k,
         keys: [cookie(c)?, cookie(b)?],
         in_peer: [false; 2],
-        in_credit: [false; 2],
         in_verdict: [false; 2],
-        shut: [AtomicBool::new(false), AtomicBool::new(false)],
+        shut: [false; 2],
         counting: None,
     };
     // The peer map first: it has no program, so nothing moves yet.
@@ -670,16 +556,6 @@ async fn kernel_relay(
                 return Ok(None);
             }
         }
-    }
-    // Then each socket's counts (none yet) and its first credit, before the program can run.
-    for i in 0..2 {
-        let grant = Grant {
-            granted: crate::limits::KERNEL_RELAY_CREDIT,
-            relayed: 0,
-        };
-        KernelRelay::set(&k.counts, entries.keys[i], &Counts::default())?;
-        entries.in_credit[i] = true;
-        KernelRelay::set(&k.grants, entries.keys[i], &grant)?;
     }
     entries.counting = Some((c, b, base, progress));
     if let Err(e) = KernelRelay::update(&k.verdict_map, entries.keys[0], c) {
@@ -721,162 +597,50 @@ async fn kernel_relay(
     kick(b)?;
     tracing::debug!("relayed in the kernel");
 
-    // Each direction on its own, so that one waiting for its destination to take kept bytes
-    // never holds up the other; each also watches its destination for errors.
-    let to_backend = Side {
-        src: client,
-        dst: backend,
-        key: entries.keys[0],
-        read_before: base.read_client,
-        written_before: base.written_backend,
-        shut: &entries.shut[0],
-    };
-    let to_client = Side {
-        src: backend,
-        dst: client,
-        key: entries.keys[1],
-        read_before: base.read_backend,
-        written_before: base.written_client,
-        shut: &entries.shut[1],
-    };
-    tokio::try_join!(
-        async {
-            one_way(k, to_backend)
-                .await
-                .inspect_err(|e| tracing::debug!("kernel relay: client to backend: {e}"))
-        },
-        async {
-            one_way(k, to_client)
-                .await
-                .inspect_err(|e| tracing::debug!("kernel relay: backend to client: {e}"))
-        },
-    )?;
-    Ok(Some(()))
-}
-
-/// One direction of a relay in the kernel: bytes go from `src` to `dst`.
-struct Side<'a> {
-    src: &'a AsyncFd<OwnedFd>,
-    dst: &'a AsyncFd<OwnedFd>,
-    /// The cookie of `src` (its key in the counts and grants maps).
-    key: u64,
-    /// What user space had read from `src` and written to `dst` before the kernel took over.
-    read_before: u64,
-    written_before: u64,
-    /// Set once `dst` was shut down for writing.
-    shut: &'a AtomicBool,
-}
-
-/// What a look at a relayed socket found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Seen {
-    /// Its peer's FIN, after everything it sent.
-    Fin,
-    /// Bytes the verdict program kept (out of credit), for user space to relay.
-    Kept,
-}
-
-/// Runs one direction until its FIN was passed on (`dst` shut down for writing), relaying
-/// what the program keeps when the direction runs out of credit.
-async fn one_way(k: &KernelRelay, side: Side<'_>) -> io::Result<()> {
-    let dst = side.dst.get_ref().as_raw_fd();
-    // Bytes of kept data user space wrote to `dst` (and so relayed, for the program).
-    let mut relayed: u64 = 0;
+    // [client -> backend, backend -> client]
+    let mut dirs = [Direction::Open; 2];
+    let mut waits: u32 = 0;
     loop {
-        let seen = tokio::select! {
-            r = watch(side.src, true) => r?,
-            r = watch(side.dst, false) => r?,
-        };
-        if seen == Seen::Fin || relay_kept(k, &side, &mut relayed).await? == Seen::Fin {
-            break;
+        deliver_fin(&mut dirs[0], b, base.written_backend)?;
+        deliver_fin(&mut dirs[1], c, base.written_client)?;
+        entries.shut = [dirs[0] == Direction::Done, dirs[1] == Direction::Done];
+        if dirs == [Direction::Done; 2] {
+            return Ok(Some(()));
+        }
+        let pending = dirs.iter().any(|d| matches!(d, Direction::Fin { .. }));
+        if !pending {
+            waits = 0;
+        }
+        tokio::select! {
+            r = watch(client, dirs[0] == Direction::Open) => {
+                r.inspect_err(|e| tracing::debug!("kernel relay: client side: {e}"))?;
+                dirs[0] = Direction::Fin {
+                    required: before_fin(c)?.saturating_sub(base.read_client),
+                };
+            }
+            r = watch(backend, dirs[1] == Direction::Open) => {
+                r.inspect_err(|e| tracing::debug!("kernel relay: backend side: {e}"))?;
+                dirs[1] = Direction::Fin {
+                    required: before_fin(b)?.saturating_sub(base.read_backend),
+                };
+            }
+            _ = pause(waits), if pending => waits += 1,
         }
     }
-    let required = before_fin(side.src.get_ref().as_raw_fd())?.saturating_sub(side.read_before);
-    let mut waits = 0;
-    loop {
-        // Kept bytes can still be on their way to the source's own queue: the kernel puts
-        // them behind what it has yet to send on that socket for the other direction, so
-        // the FIN can show first. They are relayed here as they come.
-        if k.counts(side.key)?.passed > relayed {
-            relay_kept(k, &side, &mut relayed).await?;
-        } else if written(dst, false)?.saturating_sub(side.written_before) >= required {
-            break;
+}
+
+/// Shuts `dst` down for writing once a FIN is pending and `dst` has taken every byte that
+/// came before it.
+fn deliver_fin(dir: &mut Direction, dst: RawFd, written_before: u64) -> io::Result<()> {
+    if let Direction::Fin { required } = *dir {
+        if written(dst, false)?.saturating_sub(written_before) >= required {
+            match nix::sys::socket::shutdown(dst, nix::sys::socket::Shutdown::Write) {
+                Ok(()) | Err(nix::errno::Errno::ENOTCONN) => *dir = Direction::Done,
+                Err(e) => return Err(e.into()),
+            }
         }
-        // A send that failed in the kernel leaves its error on the destination.
-        if let Some(e) = socket2::SockRef::from(side.dst.get_ref()).take_error()? {
-            return Err(e);
-        }
-        pause(waits).await;
-        waits += 1;
-    }
-    match nix::sys::socket::shutdown(dst, nix::sys::socket::Shutdown::Write) {
-        Ok(()) | Err(nix::errno::Errno::ENOTCONN) => side.shut.store(true, Ordering::Relaxed),
-        Err(e) => return Err(e.into()),
     }
     Ok(())
-}
-
-/// The program ran out of credit for `side` and kept what came since in `src`'s own queue
-/// (charged to its receive buffer: TCP's window closes, and the sender waits). Once
-/// everything it redirected before is in `dst`'s send queue, reads the kept bytes and writes
-/// them to `dst` (waiting for room there, as the user-space relay does), then grants new
-/// credit and counts them as relayed, which lets the program redirect again. `Fin` if
-/// `src`'s FIN came after them.
-async fn relay_kept(k: &KernelRelay, side: &Side<'_>, relayed: &mut u64) -> io::Result<Seen> {
-    let (src, dst) = (
-        side.src.get_ref().as_raw_fd(),
-        side.dst.get_ref().as_raw_fd(),
-    );
-    // While it keeps bytes the program redirects none, so this count stays put.
-    let redirected = k.counts(side.key)?.redirected;
-    let mut waits = 0;
-    while written(dst, false)?.saturating_sub(side.written_before) < redirected + *relayed {
-        if let Some(e) = socket2::SockRef::from(side.dst.get_ref()).take_error()? {
-            return Err(e);
-        }
-        // The destination's send queue is full: room comes with its next ack.
-        if waits >= crate::limits::KERNEL_RELAY_FIN_YIELDS {
-            let _ = tokio::time::timeout(crate::limits::KERNEL_RELAY_FIN_POLL, side.dst.writable())
-                .await;
-        } else {
-            tokio::task::yield_now().await;
-        }
-        waits += 1;
-    }
-    let mut buf = vec![0u8; crate::limits::COPY_BUFFER];
-    let mut seen = Seen::Kept;
-    loop {
-        let n = match nix::unistd::read(src, &mut buf) {
-            Ok(0) => {
-                seen = Seen::Fin;
-                break;
-            }
-            Ok(n) => n,
-            Err(nix::errno::Errno::EAGAIN) => break,
-            Err(nix::errno::Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
-        };
-        let mut off = 0;
-        while off < n {
-            let mut guard = side.dst.writable().await?;
-            match guard
-                .try_io(|d| nix::unistd::write(d.get_ref(), &buf[off..n]).map_err(io::Error::from))
-            {
-                Ok(Ok(w)) => off += w,
-                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-                Ok(Err(e)) => return Err(e),
-                Err(_would_block) => {}
-            }
-        }
-        *relayed += n as u64;
-    }
-    let grant = Grant {
-        granted: redirected + crate::limits::KERNEL_RELAY_CREDIT,
-        relayed: *relayed,
-    };
-    KernelRelay::set(&k.grants, side.key, &grant)?;
-    tracing::debug!("kernel relay: {relayed} kept bytes relayed in user space; credit renewed");
-    Ok(seen)
 }
 
 /// Waits before looking again whether a FIN can be passed on: the sockmap's worker usually
@@ -889,9 +653,10 @@ async fn pause(waits: u32) {
     }
 }
 
-/// Waits until `fd` has kept bytes or reports its FIN, while `open`; or an error at any time
-/// (then `Err`). Data the verdict program redirected wakes nobody.
-async fn watch(fd: &AsyncFd<OwnedFd>, open: bool) -> io::Result<Seen> {
+/// Waits until `fd` reports its FIN (`Ok`) while `open`, or an error at any time (`Err`).
+/// Data the verdict program moved wakes nobody; data left to user space here would mean
+/// the pairing broke, and is an error rather than bytes relayed out of order.
+async fn watch(fd: &AsyncFd<OwnedFd>, open: bool) -> io::Result<()> {
     let interest = if open {
         Interest::READABLE | Interest::ERROR
     } else {
@@ -913,8 +678,12 @@ async fn watch(fd: &AsyncFd<OwnedFd>, open: bool) -> io::Result<Seen> {
             &mut one,
             nix::sys::socket::MsgFlags::MSG_PEEK | nix::sys::socket::MsgFlags::MSG_DONTWAIT,
         ) {
-            Ok(0) => return Ok(Seen::Fin),
-            Ok(_) => return Ok(Seen::Kept),
+            Ok(0) => return Ok(()),
+            Ok(_) => {
+                return Err(io::Error::other(
+                    "kernel relay: data was left to user space (the sockmap pairing broke)",
+                ))
+            }
             Err(nix::errno::Errno::EAGAIN) | Err(nix::errno::Errno::EINTR) => guard.clear_ready(),
             Err(e) => return Err(e.into()),
         }
@@ -984,12 +753,10 @@ struct Entries<'a> {
     /// The client's and the backend's cookies.
     keys: [u64; 2],
     in_peer: [bool; 2],
-    /// In the counts and grants maps.
-    in_credit: [bool; 2],
     in_verdict: [bool; 2],
     /// Whether the backend and the client were shut down for writing (their FIN is in the
     /// count of bytes written, and is taken off).
-    shut: [AtomicBool; 2],
+    shut: [bool; 2],
     /// The client's and the backend's fds, where counting started, and where to add.
     counting: Option<(RawFd, RawFd, Baseline, &'a Progress)>,
 }
@@ -1005,25 +772,13 @@ impl Drop for Entries<'_> {
             if self.in_peer[i] {
                 KernelRelay::delete(&self.k.peer_map, self.keys[i]);
             }
-            if self.in_credit[i] {
-                KernelRelay::delete(&self.k.counts, self.keys[i]);
-                KernelRelay::delete(&self.k.grants, self.keys[i]);
-            }
         }
         if let Some((c, b, base, progress)) = self.counting {
             let to_backend = written(b, false)
-                .map(|w| {
-                    w.saturating_sub(
-                        base.written_backend + self.shut[0].load(Ordering::Relaxed) as u64,
-                    )
-                })
+                .map(|w| w.saturating_sub(base.written_backend + self.shut[0] as u64))
                 .unwrap_or(0);
             let to_client = written(c, false)
-                .map(|w| {
-                    w.saturating_sub(
-                        base.written_client + self.shut[1].load(Ordering::Relaxed) as u64,
-                    )
-                })
+                .map(|w| w.saturating_sub(base.written_client + self.shut[1] as u64))
                 .unwrap_or(0);
             progress.add(to_backend, to_client);
         }
@@ -1064,14 +819,6 @@ mod tests {
         );
         KernelRelay::update(&k.peer_map, ca, b.as_raw_fd()).unwrap();
         KernelRelay::update(&k.peer_map, cb, a.as_raw_fd()).unwrap();
-        for key in [ca, cb] {
-            KernelRelay::set(&k.counts, key, &Counts::default()).unwrap();
-            let grant = Grant {
-                granted: u64::MAX,
-                relayed: 0,
-            };
-            KernelRelay::set(&k.grants, key, &grant).unwrap();
-        }
         KernelRelay::update(&k.verdict_map, ca, a.as_raw_fd()).unwrap();
         KernelRelay::update(&k.verdict_map, cb, b.as_raw_fd()).unwrap();
     }

@@ -189,12 +189,6 @@ pub const KERNEL_RELAY_FIN_YIELDS: u32 = 16;
 
 /// The sleep between those looks after the yields.
 pub const KERNEL_RELAY_FIN_POLL: Duration = Duration::from_millis(1);
-
-/// Bytes the verdict program may redirect in one direction of a relay before user space has
-/// seen them reach the peer's send queue: the most the kernel holds in the peer's sockmap
-/// queue (which has no limit of its own) for one direction. Past it, data stays with the
-/// receiving socket, charged to its receive buffer, and TCP's window closes.
-pub const KERNEL_RELAY_CREDIT: u64 = 4 * 1024 * 1024;
 #[cfg(test)]
 mod tests {
     use super::*;

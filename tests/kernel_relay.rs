@@ -29,8 +29,11 @@ fn root() -> bool {
 fn kernel_proxy(target: &str, extra: &[&str]) -> (Proxy, std::net::SocketAddr) {
     let mut args = vec!["--kernel-relay"];
     args.extend_from_slice(extra);
-    spawn_proxy(target, &args, &[("RUST_LOG", "debug")])
+    spawn_proxy(target, &args, &[("RUST_LOG", "debug"), (UNSAFE, "1")])
 }
+
+/// Lets `--kernel-relay` run although it is known to be unsafe (see src/kernel_relay.rs).
+const UNSAFE: &str = "RSPROXYD_KERNEL_RELAY_UNSAFE";
 
 /// How many relays entered the kernel so far.
 fn in_kernel(proxy: &Proxy) -> usize {
@@ -172,7 +175,7 @@ fn ipv6_both_sides_and_mixed() {
     let proxy = spawn_with_fd(
         listener.into(),
         &["--kernel-relay", &target],
-        &[("RUST_LOG", "debug")],
+        &[("RUST_LOG", "debug"), (UNSAFE, "1")],
     );
     let data = pattern(3_000_000, 6);
     assert!(exchange_on(connect_in_kernel(&proxy, addr6), &data).unwrap() == data);
@@ -637,58 +640,6 @@ fn bulk_both_ways_many_times() {
     );
 }
 
-/// A backend that accepts and never reads holds the client back: the client's writes stop
-/// after a bounded amount (the credit plus socket buffers, not the whole upload), and once
-/// the backend reads, every byte arrives once and in order.
-#[test]
-fn a_backend_that_never_reads_holds_the_client_back() {
-    if !root() {
-        return;
-    }
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let backend_addr = listener.local_addr().unwrap();
-    let (proxy, addr) = kernel_proxy(&backend_addr.to_string(), &[]);
-    let mut client = connect_in_kernel(&proxy, addr);
-    let (mut held, _) = listener.accept().unwrap();
-    const TOTAL: usize = 64 * 1024 * 1024;
-    let data = pattern(TOTAL, 3);
-    // Write until the writes have stalled for a while: the proxy stopped taking bytes.
-    client.set_nonblocking(true).unwrap();
-    let mut sent = 0;
-    let mut quiet_since = std::time::Instant::now();
-    while sent < TOTAL && quiet_since.elapsed() < Duration::from_millis(500) {
-        match client.write(&data[sent..(sent + 65536).min(TOTAL)]) {
-            Ok(n) => {
-                sent += n;
-                quiet_since = std::time::Instant::now();
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                thread::sleep(Duration::from_millis(5));
-            }
-            Err(e) => panic!("write: {e}"),
-        }
-    }
-    assert!(
-        sent < 40 * 1024 * 1024,
-        "the client got rid of {sent} bytes while the backend read nothing"
-    );
-    assert!(sent > 0);
-    println!("the client got rid of {sent} bytes before the backend read");
-    // Now the backend reads everything, and the client sends the rest.
-    client.set_nonblocking(false).unwrap();
-    let reader = thread::spawn(move || {
-        let mut got = Vec::with_capacity(TOTAL);
-        held.read_to_end(&mut got).unwrap();
-        got
-    });
-    client.write_all(&data[sent..]).unwrap();
-    client.shutdown(Shutdown::Write).unwrap();
-    let got = reader.join().unwrap();
-    assert!(got == data, "{}", describe(&got, &data));
-    let log = proxy.stderr();
-    assert!(log.contains("kept bytes relayed in user space"), "{log}");
-}
-
 /// Without CAP_BPF and CAP_NET_ADMIN (root with an empty bounding set, so the exec leaves it
 /// no capabilities): one warning says why, no relay goes into the kernel, and bytes are
 /// relayed as without `--kernel-relay`.
@@ -705,7 +656,7 @@ fn without_capabilities_one_warning_and_user_space() {
         &["setpriv", "--bounding-set=-all", "--inh-caps=-all", "--"],
         listener.into(),
         &["--kernel-relay", &target],
-        &[("RUST_LOG", "debug")],
+        &[("RUST_LOG", "debug"), (UNSAFE, "1")],
     );
     let data = pattern(3 * 1024 * 1024, 5);
     assert!(exchange(addr, &data).unwrap() == data);
@@ -716,6 +667,33 @@ fn without_capabilities_one_warning_and_user_space() {
         log.contains("--kernel-relay: cannot create a BPF sockmap")
             && log.contains("CAP_BPF and CAP_NET_ADMIN")
             && log.contains("relaying in user space"),
+        "{log}"
+    );
+    assert_eq!(in_kernel(&proxy), 0, "{log}");
+}
+
+/// Without RSPROXYD_KERNEL_RELAY_UNSAFE=1, `--kernel-relay` is refused: one warning says why
+/// (no backpressure, duplicated segments), no relay goes into the kernel, and bytes are
+/// relayed in user space.
+#[test]
+fn refused_unless_asked_for_as_unsafe() {
+    if !root() {
+        return;
+    }
+    let backend = echo_backend();
+    let (proxy, addr) = spawn_proxy(
+        &backend.addr.to_string(),
+        &["--kernel-relay"],
+        &[("RUST_LOG", "debug")],
+    );
+    let data = pattern(3 * 1024 * 1024, 6);
+    assert!(exchange(addr, &data).unwrap() == data);
+    let log = proxy.stderr();
+    assert_eq!(log.matches("WARN").count(), 1, "{log}");
+    assert!(
+        log.contains("--kernel-relay: refused: the kernel relay has no backpressure")
+            && log.contains("can send a received segment twice")
+            && log.contains("RSPROXYD_KERNEL_RELAY_UNSAFE=1 runs it anyway"),
         "{log}"
     );
     assert_eq!(in_kernel(&proxy), 0, "{log}");

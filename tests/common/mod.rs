@@ -64,6 +64,7 @@ fn activated_command(
         .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
         .arg(bin())
         .args(kernel.then_some("--kernel-relay"))
+        .envs(kernel.then_some(("RSPROXYD_KERNEL_RELAY_UNSAFE", "1")))
         .args(args)
         .env("LISTEN_FDS", fds.to_string())
         .env_remove("NOTIFY_SOCKET")
