@@ -240,7 +240,9 @@ proxy_up() { # NAME BACKEND_PORT
         IFS=, read -r -a kvs <<<"${name#rsproxyd:}"
         for kv in "${kvs[@]}"; do
             case $kv in
-            threads=* | proxy=* | kernel | bin=*) ;;
+            threads=* | proxy=* | bin=*) ;;
+            # --kernel-relay is refused unless asked for as unsafe (docs/performance.md)
+            kernel) argv+=(RSPROXYD_KERNEL_RELAY_UNSAFE=1) ;;
             ?*=*) argv+=("RSPROXYD_TUNE_$(tr a-z A-Z <<<"${kv%%=*}")=${kv#*=}") ;;
             *) die "bad variant $name: '$kv' is not KEY=VALUE" ;;
             esac

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # How much a client can push through rsproxyd to a backend that accepts and never reads:
-# the user-space relay against --kernel-relay (docs/performance.md, "No backpressure").
+# the user-space relay against --kernel-relay (docs/performance.md, "Backpressure: a credit per direction").
 # As root (the kernel relay needs CAP_BPF and CAP_NET_ADMIN); loopback only; about 20 s.
 #
 # usage: benches/kernel-relay-backpressure.sh [RSPROXYD_BINARY]   (default target/kernel-relay/release/rsproxyd)
@@ -28,7 +28,9 @@ listen = socket.socket()
 listen.bind(("127.0.0.1", 0))
 port = listen.getsockname()[1]
 listen.close()
-proxy = subprocess.Popen(["systemd-socket-activate", "-l", f"127.0.0.1:{port}", binary, *flags,
+# --kernel-relay is refused unless asked for as unsafe (docs/performance.md, "The kernel relay")
+proxy = subprocess.Popen(["systemd-socket-activate", "-E", "RSPROXYD_KERNEL_RELAY_UNSAFE=1",
+                          "-l", f"127.0.0.1:{port}", binary, *flags,
                           "127.0.0.1:%d" % backend.getsockname()[1]], stderr=subprocess.DEVNULL)
 def mem_available():
     for line in open("/proc/meminfo"):

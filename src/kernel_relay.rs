@@ -428,12 +428,20 @@ fn kick(fd: RawFd) -> io::Result<()> {
     Ok(())
 }
 
+/// The environment variable that lets `--kernel-relay` run although it is known to be
+/// unsafe (no backpressure, duplicated segments): for tests and benchmarks only.
+pub const UNSAFE_ENV: &str = "RSPROXYD_KERNEL_RELAY_UNSAFE";
+
 /// Sets up `--kernel-relay` for the daemon; where it cannot be, one warning says why and
 /// every relay stays in user space. The kernel relay cannot see when bytes last moved, so it
 /// is not used with `--connection-idle-timeout` or `--half-close-timeout` (the user-space
 /// relay enforces them).
 pub fn setup(config: &Config) -> Option<Arc<KernelRelay>> {
     if !config.kernel_relay {
+        return None;
+    }
+    if std::env::var(UNSAFE_ENV).as_deref() != Ok("1") {
+        tracing::warn!("--kernel-relay: refused: the kernel relay has no backpressure (the kernel holds without limit what a slow receiver has not taken yet) and on this kernel it can send a received segment twice (docs/performance.md, \"The kernel relay\"); {UNSAFE_ENV}=1 runs it anyway, for measurements; relaying in user space");
         return None;
     }
     if config.idle_timeout.is_some() || config.half_close_timeout.is_some() {

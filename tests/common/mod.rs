@@ -44,12 +44,27 @@ pub fn kernel_relay_mode() -> bool {
 
 /// rsproxyd under a shell that sets LISTEN_PID to its own pid (the shell's `$$` survives the
 /// exec) and LISTEN_FDS to `fds`, with `--kernel-relay` first when `kernel`; stderr piped.
-fn activated_command(fds: usize, kernel: bool, args: &[&str], env: &[(&str, &str)]) -> Command {
-    let mut cmd = Command::new("/bin/sh");
+/// `prefix`, if any, is a command that execs the shell (same pid), such as `setpriv ...`.
+fn activated_command(
+    prefix: &[&str],
+    fds: usize,
+    kernel: bool,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Command {
+    let mut cmd = match prefix.split_first() {
+        Some((first, rest)) => {
+            let mut c = Command::new(first);
+            c.args(rest).arg("/bin/sh");
+            c
+        }
+        None => Command::new("/bin/sh"),
+    };
     cmd.arg("-c")
         .arg("LISTEN_PID=$$ exec \"$0\" \"$@\"")
         .arg(bin())
         .args(kernel.then_some("--kernel-relay"))
+        .envs(kernel.then_some(("RSPROXYD_KERNEL_RELAY_UNSAFE", "1")))
         .args(args)
         .env("LISTEN_FDS", fds.to_string())
         .env_remove("NOTIFY_SOCKET")
@@ -66,7 +81,17 @@ fn activated_command(fds: usize, kernel: bool, args: &[&str], env: &[(&str, &str
 /// Starts rsproxyd with `socket` as fd 3, LISTEN_FDS=1 and LISTEN_PID set to its own pid
 /// (the shell's `$$` survives the exec).
 pub fn spawn_with_fd(socket: OwnedFd, args: &[&str], env: &[(&str, &str)]) -> Proxy {
-    let mut cmd = activated_command(1, kernel_relay_mode(), args, env);
+    spawn_with_fd_under(&[], socket, args, env)
+}
+
+/// [`spawn_with_fd`] with rsproxyd started through `prefix` (see [`activated_command`]).
+pub fn spawn_with_fd_under(
+    prefix: &[&str],
+    socket: OwnedFd,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> Proxy {
+    let mut cmd = activated_command(prefix, 1, kernel_relay_mode(), args, env);
     let raw = socket.as_raw_fd();
     // SAFETY: only async-signal-safe calls (dup2, fcntl) run between fork and exec.
     unsafe {
@@ -263,7 +288,7 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 /// Starts rsproxyd with `sockets` as fds 3, 4, ... and LISTEN_FDS set to their number (a
 /// stream and a datagram socket on one port, as a .socket unit with both passes them).
 pub fn spawn_with_fds(sockets: Vec<OwnedFd>, args: &[&str], env: &[(&str, &str)]) -> Proxy {
-    let mut cmd = activated_command(sockets.len(), false, args, env);
+    let mut cmd = activated_command(&[], sockets.len(), false, args, env);
     // Above every fd the child will be given, so that the dup2 calls below never overwrite a
     // socket before it is moved.
     let high: Vec<i32> = sockets
