@@ -421,11 +421,22 @@ ExecStart=/bin/false"
     starts=$(box journalctl -u $EX_PROXY --after-cursor="$cursor" -o cat --no-pager 2>/dev/null |
         grep -c '^Started ')
     ((starts <= 2)) || why+="$starts proxy activations for 2 clients; "
-    # The journal says why, naming the backend.
-    local line
-    line=$(box journalctl -u $EX_PROXY --after-cursor="$cursor" -p warning -o cat --no-pager 2>/dev/null |
-        grep -m1 "127.0.0.1:$EXAMPLE_BACKEND_PORT")
-    [[ -n $line ]] || why+="no warning of $EX_PROXY names 127.0.0.1:$EXAMPLE_BACKEND_PORT; "
+    # The journal says why, naming the backend. journald stores what the proxy sent
+    # asynchronously, so the line may land a moment after the proxy stopped: look for up to 5 s.
+    local line i
+    for i in $(seq 50); do
+        line=$(box journalctl -u $EX_PROXY --after-cursor="$cursor" -p warning -o cat --no-pager 2>/dev/null |
+            grep -m1 "127.0.0.1:$EXAMPLE_BACKEND_PORT")
+        [[ -n $line ]] && break
+        sleep 0.1
+    done
+    if [[ -z $line ]]; then
+        # Say what the journal holds, for the next look at this (the unit's fields included).
+        local seen
+        seen=$(box journalctl --after-cursor="$cursor" -t rsproxyd -p warning -o json --no-pager 2>&1 |
+            grep -o '"_SYSTEMD_UNIT":"[^"]*"\|"MESSAGE":"[^"]*"\|Failed to [^"]*' | head -4 | tr '\n' ' ')
+        why+="no warning of $EX_PROXY names 127.0.0.1:$EXAMPLE_BACKEND_PORT (cursor '${cursor:0:20}...', rsproxyd warnings: ${seen:-none}); "
+    fi
     local bstate
     bstate=$(state $EX_BACKEND)
     # Fix the backend: remove the drop-in, reload. No reset-failed, no start.
