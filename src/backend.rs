@@ -53,8 +53,14 @@ pub struct Backend {
     /// A name target's addresses and when they were resolved: reused for
     /// [`RESOLVED_KEPT_FOR`] while connecting to them works, so getaddrinfo (on a blocking
     /// thread) is not on every connection's path.
-    resolved: Mutex<Option<(Instant, Vec<SockAddr>)>>,
+    resolved: Mutex<Option<(Instant, Addrs)>>,
+    /// An address or socket-path target's one address, made once: nothing to look up per
+    /// connection.
+    fixed: std::sync::OnceLock<Addrs>,
 }
+
+/// Addresses to try in order, shared rather than copied per connection.
+type Addrs = std::sync::Arc<[SockAddr]>;
 
 impl Backend {
     pub fn new(target: Target, follow: bool) -> Self {
@@ -66,6 +72,7 @@ impl Backend {
             health: Mutex::new(Health::Untried),
             sequences: AtomicU64::new(0),
             resolved: Mutex::new(None),
+            fixed: std::sync::OnceLock::new(),
         }
     }
 
@@ -191,18 +198,26 @@ impl Backend {
         }
     }
 
-    /// The target's addresses, and whether they were kept from before: an address target's
-    /// at once; a name's as resolved at most [`RESOLVED_KEPT_FOR`] ago, or resolved now.
-    async fn addresses(&self) -> (io::Result<Vec<SockAddr>>, bool) {
+    /// The target's addresses, and whether they were kept from a name's earlier answer: an
+    /// address target's as made once; a name's as resolved at most [`RESOLVED_KEPT_FOR`] ago,
+    /// or resolved now.
+    async fn addresses(&self) -> (io::Result<Addrs>, bool) {
         if !self.target.needs_resolving() {
-            return (self.target.resolve().await, false);
+            if let Some(addrs) = self.fixed.get() {
+                return (Ok(addrs.clone()), false);
+            }
+            let result = self.target.resolve().await.map(Addrs::from);
+            if let Ok(addrs) = &result {
+                let _ = self.fixed.set(addrs.clone());
+            }
+            return (result, false);
         }
         if let Some((at, addrs)) = &*self.resolved.lock().expect("resolved lock poisoned") {
             if at.elapsed() < RESOLVED_KEPT_FOR {
                 return (Ok(addrs.clone()), true);
             }
         }
-        let result = self.target.resolve().await;
+        let result = self.target.resolve().await.map(Addrs::from);
         if let Ok(addrs) = &result {
             *self.resolved.lock().expect("resolved lock poisoned") =
                 Some((Instant::now(), addrs.clone()));
@@ -402,7 +417,7 @@ mod tests {
         // Kept addresses that refuse (a port nothing listens on): a fresh answer is used.
         let (_cold, dead) = bound_not_listening();
         let stale: SockAddr = std::net::SocketAddr::from(([127, 0, 0, 1], dead)).into();
-        *backend.resolved.lock().unwrap() = Some((Instant::now(), vec![stale]));
+        *backend.resolved.lock().unwrap() = Some((Instant::now(), vec![stale].into()));
         assert!(backend.connect(Some(Duration::ZERO)).await.is_ok());
         assert_eq!(backend.probe_sequences(), 0);
         let renewed = backend.resolved.lock().unwrap().clone().unwrap().1;
