@@ -110,7 +110,9 @@ impl Progress {
 
 /// Relays between `client` and `backend` until both directions have seen EOF, one side
 /// fails, or a timeout in `limits` passes. EOF from one side becomes shutdown(SHUT_WR) on
-/// the other once its data is delivered; on an error both sockets are reset so neither
+/// the other once its data is delivered, except for the direction that ends second: its
+/// FIN (and any last data held for it) goes out when the caller closes both sockets, which
+/// it must do as soon as this returns; on an error both sockets are reset so neither
 /// peer waits for more; at a timeout both are shut down for writing (each peer sees a FIN,
 /// a normal close). The timeouts cost one timer per relay, armed only when one is set and
 /// re-armed when it fires (not per message).
