@@ -608,20 +608,23 @@ fn timeouts_keep_the_relay_in_user_space() {
     }
 }
 
-/// Opt-in reproducer (`RSPROXYD_KERNEL_RELAY_STRESS=N`, root): N echo exchanges of 2.5 MB
+/// Opt-in reproducer (`--run-ignored only`, root; `RSPROXYD_KERNEL_RELAY_STRESS=N` exchanges): N echo exchanges of 2.5 MB
 /// sent at once, bytes flowing both ways; every one must come back unchanged. On kernel
 /// 6.18 a few in a thousand come back with one received segment sent twice
 /// (docs/performance.md, "Duplicated segments"), which is why the kernel relay stays off.
+/// Ignored by default (it is known to fail now and then, and takes minutes): run it with
+/// `--run-ignored only`; N defaults to 1,000.
 #[test]
+#[ignore = "opt-in reproducer of the duplicated segments: --run-ignored only, as root"]
 fn bulk_both_ways_many_times() {
     let n: usize = std::env::var("RSPROXYD_KERNEL_RELAY_STRESS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    if !root() || n == 0 {
-        println!("skipped: set RSPROXYD_KERNEL_RELAY_STRESS=N (as root) to run N exchanges");
-        return;
-    }
+        .unwrap_or(1000);
+    assert!(
+        root(),
+        "the kernel relay's stress run needs root (CAP_BPF, CAP_NET_ADMIN)"
+    );
     let backend = echo_backend();
     let (proxy, addr) = kernel_proxy(&backend.addr.to_string(), &[]);
     let data = pattern(2_500_000, 7);
