@@ -608,12 +608,12 @@ fn timeouts_keep_the_relay_in_user_space() {
     }
 }
 
-/// Opt-in reproducer (`--run-ignored only`, root; `RSPROXYD_KERNEL_RELAY_STRESS=N` exchanges): N echo exchanges of 2.5 MB
-/// sent at once, bytes flowing both ways; every one must come back unchanged. On kernel
-/// 6.18 a few in a thousand come back with one received segment sent twice
-/// (docs/performance.md, "Duplicated segments"), which is why the kernel relay stays off.
-/// Ignored by default (it is known to fail now and then, and takes minutes): run it with
-/// `--run-ignored only`; N defaults to 1,000.
+/// Opt-in reproducer, as root: N echo exchanges of 2.5 MB sent at once, bytes flowing both
+/// ways; every one must come back unchanged. On kernel 6.18 a few in a thousand come back
+/// with one received segment sent twice (docs/performance.md, "Duplicated segments"), which
+/// is why the kernel relay stays off. Ignored by default (it is known to fail now and then,
+/// and takes minutes): run it with `--run-ignored only`; `RSPROXYD_KERNEL_RELAY_STRESS=N`
+/// sets N (default 1,000).
 #[test]
 #[ignore = "opt-in reproducer of the duplicated segments: --run-ignored only, as root"]
 fn bulk_both_ways_many_times() {
