@@ -2,7 +2,7 @@
 //! that retries on a fine schedule until the backend listens or the timeout runs out.
 
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -258,6 +258,7 @@ async fn connect_one(addr: &SockAddr, deadline: Option<Instant>) -> io::Result<C
     let socket = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), None)?;
     if domain == Domain::IPV4 || domain == Domain::IPV6 {
         socket.set_nodelay(true)?;
+        hold_handshake_ack(&socket)?;
         // A backend on another machine can vanish silently; a local one cannot.
         if crate::keepalive::backend_needs_it(addr) {
             crate::keepalive::set_on_backend(&socket)?;
@@ -293,6 +294,31 @@ async fn connect_one(addr: &SockAddr, deadline: Option<Instant>) -> io::Result<C
     match socket2::SockRef::from(conn.get_ref()).take_error()? {
         Some(e) => Err(e),
         None => Ok(conn),
+    }
+}
+
+/// Keeps back the handshake's last ACK, so that it rides on the first bytes sent to the
+/// backend instead of taking a segment of its own (what HAProxy calls a smart connect). It
+/// also lets a backend that reads at once find the request with the connection. Linux
+/// holds the ACK when TCP_DEFER_ACCEPT is set on a connecting socket; a backend that speaks
+/// first gets it from [`crate::relay`] as soon as the client turns out to have sent nothing
+/// yet (or from the delayed-ACK timer at worst).
+fn hold_handshake_ack(socket: &Socket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid socket and a pointer to an int of the length given.
+    let rc = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            std::ptr::addr_of!(on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
     }
 }
 

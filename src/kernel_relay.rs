@@ -524,6 +524,10 @@ async fn kernel_relay(
     backend: &AsyncFd<OwnedFd>,
     progress: &Progress,
 ) -> io::Result<Option<()>> {
+    // The backend's handshake ACK was held for the client's first bytes; in the kernel
+    // nothing here tells when those come, so it goes now (a backend that speaks first
+    // would otherwise wait for the delayed-ACK timer).
+    crate::relay::ack_now(backend);
     // Bytes already there are read and forwarded here, so no segment is left half read.
     let client_eof = drain(client, backend, |n| progress.add(n, 0)).await?;
     let backend_eof = drain(backend, client, |n| progress.add(0, n)).await?;

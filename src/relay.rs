@@ -230,6 +230,14 @@ pub async fn relay_counted(
     result
 }
 
+/// Sends the ACK that a backend connection's handshake held back (see
+/// `backend::hold_handshake_ack`) now, for a client that has sent nothing yet: a backend
+/// that speaks first sees its connection only once that ACK arrives. Not a TCP socket (a
+/// unix backend): nothing to send, and the error is ignored.
+pub fn ack_now(fd: &AsyncFd<OwnedFd>) {
+    let _ = socket2::SockRef::from(fd.get_ref()).set_quickack(true);
+}
+
 /// Makes closing `fd` send a reset instead of a FIN, so the peer sees the failure.
 pub fn reset(fd: &AsyncFd<OwnedFd>) {
     let _ = socket2::SockRef::from(fd.get_ref()).set_linger(Some(std::time::Duration::ZERO));
@@ -270,11 +278,12 @@ async fn pump(
     // the client has usually sent its request already, and this saves a trip through the
     // event loop. Not from the backend: it was connected just now and has rarely written
     // yet, so that read would mostly find nothing (EAGAIN).
-    let mut eager = dir == 0;
+    let ack_backend = || ack_now(dst);
+    let mut eager: Option<&(dyn Fn() + Sync)> = (dir == 0).then_some(&ack_backend);
     loop {
         if let Some(p) = &pipe {
             let cap = p.capacity();
-            let n = on_readable(src, false, |_, _| p.fill(src.get_ref()), |n| *n < cap).await;
+            let n = on_readable(src, None, |_, _| p.fill(src.get_ref()), |n| *n < cap).await;
             let n = match n.map(|(n, _)| n) {
                 Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
                     // This pair of fds cannot splice; go back to read/write for good.
@@ -315,7 +324,7 @@ async fn pump(
             |fd, fin| copy_once(fd, dst.get_ref(), &mut spill, fin),
             |step| matches!(step, Step::Data { full: false, .. }),
         );
-        eager = false;
+        eager = None;
         let (step, fin) = step.await?;
         match step {
             Step::Eof => break,
@@ -449,7 +458,8 @@ fn retry_eintr<T>(mut f: impl FnMut() -> nix::Result<T>) -> io::Result<T> {
     }
 }
 
-/// Runs a read-side operation `f` when `fd` is readable (at once first, if `eager`).
+/// Runs a read-side operation `f` when `fd` is readable, or at once first if `eager` is
+/// given, and then, if that finds nothing yet, runs `eager` before it waits.
 /// Readiness is cleared on EAGAIN, and when `drained` says the result left the socket empty
 /// (a short read), which saves the extra read that would only return EAGAIN.
 /// `f` is told whether the peer's FIN had arrived before it ran (the event loop saw the
@@ -457,13 +467,13 @@ fn retry_eintr<T>(mut f: impl FnMut() -> nix::Result<T>) -> io::Result<T> {
 /// and that `f` drained the socket: the stream has ended, no read needs to say so.
 async fn on_readable<T>(
     fd: &AsyncFd<OwnedFd>,
-    eager: bool,
+    eager: Option<&(dyn Fn() + Sync)>,
     mut f: impl FnMut(&OwnedFd, bool) -> io::Result<T>,
     drained: impl Fn(&T) -> bool,
 ) -> io::Result<(T, bool)> {
-    if eager {
+    if let Some(nothing_yet) = eager {
         match f(fd.get_ref(), false) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => nothing_yet(),
             r => return r.map(|v| (v, false)),
         }
     }
