@@ -583,8 +583,8 @@ fn getsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Resul
 fn next_read_seq(fd: RawFd) -> io::Result<u32> {
     let reuse = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
     setsockopt_int(fd, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON)?;
+    let queue = setsockopt_int(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE);
     let seq = (|| loop {
-        setsockopt_int(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)?;
         let before = queued(fd, libc::FIONREAD)?;
         let rcv_nxt = getsockopt_int(fd, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
         let after = queued(fd, libc::FIONREAD)?;
@@ -592,11 +592,12 @@ fn next_read_seq(fd: RawFd) -> io::Result<u32> {
             return Ok::<u32, io::Error>(rcv_nxt.wrapping_sub(before as u32));
         }
     })();
-    let queue = setsockopt_int(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
+    let no_queue = setsockopt_int(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
     let off = setsockopt_int(fd, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
     let back = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse);
-    let seq = seq?;
     queue?;
+    let seq = seq?;
+    no_queue?;
     off?;
     back?;
     Ok(seq)
