@@ -50,6 +50,8 @@ const BPF_MAP_TYPE_SOCKHASH: u32 = 18;
 const BPF_PROG_TYPE_SK_SKB: u32 = 14;
 const BPF_SK_SKB_STREAM_VERDICT: u32 = 5;
 const BPF_NOEXIST: u64 = 1;
+/// A hash map's entries allocated as they are added, not all at creation.
+const BPF_F_NO_PREALLOC: u32 = 1;
 const BPF_FUNC_MAP_LOOKUP_ELEM: i32 = 1;
 const BPF_FUNC_GET_SOCKET_COOKIE: i32 = 46;
 const BPF_FUNC_SKB_ADJUST_ROOM: i32 = 50;
@@ -327,24 +329,23 @@ impl KernelRelay {
     /// attaches it.
     pub fn load(sockets: usize) -> Result<Self, SetupError> {
         let max = u32::try_from(sockets.max(2)).unwrap_or(u32::MAX);
-        let map = |name: &str| {
+        let map = |name: &str, map_type: u32, value_size: u32, map_flags: u32| {
             let mut attr = MapCreateAttr {
-                map_type: if name == "rsproxyd_seq" {
-                    BPF_MAP_TYPE_HASH
-                } else {
-                    BPF_MAP_TYPE_SOCKHASH
-                },
+                map_type,
                 key_size: 8,
-                value_size: if name == "rsproxyd_seq" { 4 } else { 8 },
+                value_size,
                 max_entries: max,
+                map_flags,
                 map_name: name16(name),
                 ..Default::default()
             };
             bpf(BPF_MAP_CREATE, &mut attr).map(owned)
         };
-        let peer_map = map("rsproxyd_peer").map_err(SetupError::Map)?;
-        let verdict_map = map("rsproxyd_verd").map_err(SetupError::Map)?;
-        let seq_map = map("rsproxyd_seq").map_err(SetupError::Map)?;
+        let sockhash = |name: &str| map(name, BPF_MAP_TYPE_SOCKHASH, 8, 0);
+        let peer_map = sockhash("rsproxyd_peer").map_err(SetupError::Map)?;
+        let verdict_map = sockhash("rsproxyd_verd").map_err(SetupError::Map)?;
+        let seq_map = map("rsproxyd_seq", BPF_MAP_TYPE_HASH, 4, BPF_F_NO_PREALLOC)
+            .map_err(SetupError::Map)?;
         let program = verdict_program(peer_map.as_raw_fd(), seq_map.as_raw_fd());
         let license = b"Dual MIT/GPL\0";
         let mut log = vec![0u8; 0];
