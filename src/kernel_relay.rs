@@ -533,6 +533,7 @@ const TCP_REPAIR_OFF_NO_WP: libc::c_int = -1;
 const TCP_NO_QUEUE: libc::c_int = 0;
 const TCP_RECV_QUEUE: libc::c_int = 1;
 
+/// setsockopt(2) with an int value.
 fn setsockopt_int(
     fd: RawFd,
     level: libc::c_int,
@@ -555,6 +556,7 @@ fn setsockopt_int(
     Ok(())
 }
 
+/// getsockopt(2) of an int value.
 fn getsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
     let mut v: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
