@@ -723,12 +723,15 @@ async fn kernel_relay(
     backend: &AsyncFd<OwnedFd>,
     progress: &Progress,
 ) -> io::Result<Option<()>> {
-    // The backend's handshake ACK was held for the client's first bytes; in the kernel
-    // nothing here tells when those come, so it goes now (a backend that speaks first
-    // would otherwise wait for the delayed-ACK timer).
-    crate::relay::ack_now(backend);
     // Bytes already there are read and forwarded here, so no segment is left half read.
+    let before = progress.moved().to_backend;
     let client_eof = drain(client, backend, |n| progress.add(n, 0)).await?;
+    if progress.moved().to_backend == before {
+        // The backend's handshake ACK was held for the client's first bytes, and none were
+        // there: it goes now, or a backend that speaks first would wait for Linux's
+        // delayed-ACK timer (in the kernel nothing here sees when the client's bytes come).
+        crate::relay::ack_now(backend);
+    }
     let backend_eof = drain(backend, client, |n| progress.add(0, n)).await?;
     if client_eof || backend_eof {
         return Ok(None);
