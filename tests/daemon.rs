@@ -97,7 +97,12 @@ fn fifty_clients_one_probe_sequence() {
         assert_eq!(c.join().unwrap().unwrap(), format!("client {i}").as_bytes());
     }
     assert_eq!(backend.accepted.load(Ordering::SeqCst), 50);
-    let log = proxy.stderr();
+    // The log is read from a pipe by another thread: wait for every connection's end record
+    // (each logged after the probe that served it), so no probe line can still be unread.
+    let log = wait_for("the 50 connections' end records", || {
+        let log = proxy.stderr();
+        (log.matches(" closed (").count() >= 50).then_some(log)
+    });
     assert_eq!(log.matches("probe sequence started").count(), 1, "{log}");
     assert_eq!(log.matches("probe sequence ended").count(), 1, "{log}");
 }

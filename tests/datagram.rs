@@ -86,7 +86,7 @@ fn cold_backend_binding_300ms_later_answers_the_first_datagram() {
 fn datagram_boundaries_are_exact() {
     let backend = free_udp_port();
     let _b = echo_udp(backend);
-    let (proxy, addr) = spawn_udp(&backend.to_string(), &[], &[]);
+    let (mut proxy, addr) = spawn_udp(&backend.to_string(), &[], &[]);
     let c = client(addr);
     let mut buf = vec![0u8; 70_000];
     // 100 sizes from 0 to 65,000, then the largest UDP payload over IPv4.
@@ -102,7 +102,9 @@ fn datagram_boundaries_are_exact() {
         assert_eq!(n, size, "datagram {i}");
         assert!(buf[..n] == data[..], "datagram {i} differs");
     }
-    assert!(!proxy.stderr().contains("WARN"), "{}", proxy.stderr());
+    // After the exit every line has been read, not only those read so far.
+    let log = proxy.stop();
+    assert!(!log.contains("WARN"), "{log}");
 }
 
 /// 20 clients each get their own backend source port, and only their own replies.
@@ -483,7 +485,8 @@ fn cold_start_keeps_the_datagrams_of_every_client() {
             vec![format!("{i}/0"), format!("{i}/1"), format!("{i}/2")]
         );
     }
-    let log = proxy.stderr();
+    // Logged before the first answer: once it is read, so is every sequence started before.
+    let log = proxy.wait_stderr("probe sequence ended");
     assert_eq!(log.matches("probe sequence started").count(), 1, "{log}");
 }
 

@@ -40,6 +40,22 @@ fn in_kernel(proxy: &Proxy) -> usize {
     proxy.stderr().matches(IN_KERNEL).count()
 }
 
+/// The log once it holds `n` connection-end records. Each relay's lines (its warning, its
+/// "relayed in the kernel") come before its end record, so they have all been read then: the
+/// stderr reader is a thread of its own, and a log taken right after an exchange may lack them.
+fn log_after_ends(proxy: &Proxy, n: usize) -> String {
+    wait_for(&format!("{n} connection-end records"), || {
+        let log = proxy.stderr();
+        (log.matches(" closed (").count() >= n).then_some(log)
+    })
+}
+
+/// How many relays entered the kernel, counted once the log holds `ends` connection-end
+/// records (see [`log_after_ends`]).
+fn in_kernel_after_ends(proxy: &Proxy, ends: usize) -> usize {
+    log_after_ends(proxy, ends).matches(IN_KERNEL).count()
+}
+
 /// Connects and waits until the relay is in the kernel (nothing sent yet, so nothing
 /// keeps it in user space).
 fn connect_in_kernel(proxy: &Proxy, addr: std::net::SocketAddr) -> TcpStream {
@@ -153,7 +169,7 @@ fn byte_exact_small_and_bulk() {
             proxy.stderr()
         );
     }
-    let log = proxy.stderr();
+    let log = log_after_ends(&proxy, 2 * sizes.len());
     assert!(!log.contains("WARN"), "{log}");
 }
 
@@ -201,6 +217,10 @@ fn small_messages_ping_pong() {
         c.read_exact(&mut got).unwrap();
         assert_eq!(got, msg.as_bytes(), "message {i}");
     }
+    // The relay is still open (no end record to wait for): wait for its line.
+    wait_for("the relay to enter the kernel", || {
+        (in_kernel(&proxy) >= 1).then_some(())
+    });
     assert_eq!(in_kernel(&proxy), 1);
 }
 
@@ -233,7 +253,7 @@ fn data_sent_before_the_relay_starts() {
     c.read_to_end(&mut rest).unwrap();
     assert_eq!(rest, b"after");
     assert_eq!(backend.accepted.load(Ordering::SeqCst), 1);
-    assert_eq!(in_kernel(&proxy), 1);
+    assert_eq!(in_kernel_after_ends(&proxy, 1), 1);
 }
 
 /// With --proxy-protocol, the header goes first, then the client's bytes exactly once,
@@ -331,7 +351,7 @@ fn half_close_both_directions() {
     c.write_all(b"late data").unwrap();
     c.shutdown(Shutdown::Write).unwrap();
     assert_eq!(rx.recv_timeout(DEADLINE).unwrap(), b"late data");
-    assert_eq!(in_kernel(&proxy), 1);
+    assert_eq!(in_kernel_after_ends(&proxy, 1), 1);
 }
 
 /// A backend that resets mid-transfer makes the client see a reset, not a clean EOF; a
@@ -380,7 +400,7 @@ fn reset_is_passed_on() {
     drop(c);
     let end = rx.recv_timeout(DEADLINE).unwrap();
     assert_eq!(end, Err(std::io::ErrorKind::ConnectionReset));
-    assert_eq!(in_kernel(&proxy), 1);
+    assert_eq!(in_kernel_after_ends(&proxy, 1), 1);
 }
 
 /// `-c 2`: two relays in the kernel at once; the third client waits unaccepted and is
@@ -569,7 +589,7 @@ fn unix_backend_warns_once_and_relays() {
     let (proxy, addr) = kernel_proxy(path.to_str().unwrap(), &[]);
     assert_eq!(exchange(addr, b"hello").unwrap(), b"hello");
     assert_eq!(exchange(addr, b"again").unwrap(), b"again");
-    let log = proxy.stderr();
+    let log = log_after_ends(&proxy, 2);
     assert_eq!(log.matches("--kernel-relay").count(), 1, "{log}");
     assert!(log.contains("unix socket"), "{log}");
     assert_eq!(in_kernel(&proxy), 0);
@@ -594,7 +614,7 @@ fn timeouts_keep_the_relay_in_user_space() {
         wait_for("the --kernel-relay warning", || {
             proxy.stderr().contains("--kernel-relay:").then_some(())
         });
-        let log = proxy.stderr();
+        let log = log_after_ends(&proxy, 1);
         assert_eq!(log.matches("--kernel-relay:").count(), 1, "{flag}: {log}");
         assert!(log.contains("--connection-idle-timeout"), "{flag}: {log}");
         assert_eq!(in_kernel(&proxy), 0, "{flag}: {log}");
@@ -637,7 +657,10 @@ fn bulk_both_ways_many_times() {
             bad.push(describe(&got, &data));
         }
     }
-    assert!(in_kernel(&proxy) > 0, "no relay went into the kernel");
+    assert!(
+        in_kernel_after_ends(&proxy, n) > 0,
+        "no relay went into the kernel"
+    );
     assert!(
         bad.is_empty(),
         "{} of {n} exchanges differ: {bad:#?}",
@@ -666,7 +689,7 @@ fn without_capabilities_one_warning_and_user_space() {
     let data = pattern(3 * 1024 * 1024, 5);
     assert!(exchange(addr, &data).unwrap() == data);
     assert!(exchange(addr, b"x").unwrap() == b"x");
-    let log = proxy.stderr();
+    let log = log_after_ends(&proxy, 2);
     assert_eq!(log.matches("WARN").count(), 1, "{log}");
     assert!(
         log.contains("--kernel-relay: cannot create a BPF sockmap")
@@ -692,7 +715,7 @@ fn refused_unless_asked_for_as_unsafe() {
     );
     let data = pattern(3 * 1024 * 1024, 6);
     assert!(exchange(addr, &data).unwrap() == data);
-    let log = proxy.stderr();
+    let log = log_after_ends(&proxy, 1);
     assert_eq!(log.matches("WARN").count(), 1, "{log}");
     assert!(
         log.contains("--kernel-relay: refused: the kernel relay has no backpressure")

@@ -124,7 +124,10 @@ impl Proxy {
         self.child.id() as i32
     }
 
-    /// Everything rsproxyd wrote to stderr so far.
+    /// The whole lines of rsproxyd's stderr that the reader thread has read so far: a line
+    /// logged a moment ago may not be in it yet. Wait for a line with [`Proxy::wait_stderr`]
+    /// (or for the exit with [`Proxy::wait_exit`], which joins the reader) before asserting
+    /// on it, and for a later line before asserting that one is absent.
     pub fn stderr(&self) -> String {
         self.stderr.lock().unwrap().clone()
     }
@@ -149,6 +152,18 @@ impl Proxy {
             }
             thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Stops rsproxyd with SIGTERM, asserts it exits 0 and returns all it wrote to stderr
+    /// (the reader is joined): for checking that a line is absent from the whole run.
+    pub fn stop(&mut self) -> String {
+        self.signal(libc::SIGTERM);
+        let status = self
+            .wait_exit(DEADLINE)
+            .expect("rsproxyd did not exit after SIGTERM");
+        let log = self.stderr();
+        assert!(status.success(), "{status:?}: {log}");
+        log
     }
 
     pub fn is_running(&mut self) -> bool {
@@ -328,14 +343,27 @@ fn capture(mut child: Child) -> Proxy {
     let sink = stderr.clone();
     let reader = thread::spawn(move || {
         let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
+        // Read but not yet in `sink`: the end of a line (or a character) that a read cut.
+        // Only whole lines go in, so a line found in the log is never half of it.
+        let mut partial = Vec::new();
+        loop {
+            let n = match pipe.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(_) => break,
+            };
+            partial.extend_from_slice(&buf[..n]);
+            if let Some(end) = partial.iter().rposition(|&b| b == b'\n') {
+                let lines: Vec<u8> = partial.drain(..=end).collect();
+                sink.lock()
+                    .unwrap()
+                    .push_str(&String::from_utf8_lossy(&lines));
             }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
         }
+        sink.lock()
+            .unwrap()
+            .push_str(&String::from_utf8_lossy(&partial));
     });
     Proxy {
         child,
