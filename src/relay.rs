@@ -277,7 +277,8 @@ async fn pump(
     // A new connection's first read from the client is tried before its readiness is known:
     // the client has usually sent its request already, and this saves a trip through the
     // event loop. Not from the backend: it was connected just now and has rarely written
-    // yet, so that read would mostly find nothing (EAGAIN).
+    // yet, so that read would mostly find nothing (EAGAIN). If the client's read finds
+    // nothing, the backend's held handshake ACK goes out at once (see `ack_now`).
     let ack_backend = || ack_now(dst);
     let mut eager: Option<&(dyn Fn() + Sync)> = (dir == 0).then_some(&ack_backend);
     loop {
