@@ -258,7 +258,8 @@ async fn connect_one(addr: &SockAddr, deadline: Option<Instant>) -> io::Result<C
     let socket = Socket::new(domain, Type::STREAM.nonblocking().cloexec(), None)?;
     if domain == Domain::IPV4 || domain == Domain::IPV6 {
         socket.set_nodelay(true)?;
-        hold_handshake_ack(&socket)?;
+        // Only a saving: a kernel that refuses it (an emulated one, say) connects as usual.
+        let _ = hold_handshake_ack(&socket);
         // A backend on another machine can vanish silently; a local one cannot.
         if crate::keepalive::backend_needs_it(addr) {
             crate::keepalive::set_on_backend(&socket)?;
