@@ -11,7 +11,8 @@
 #   RSPROXYD_BIN=target/release/rsproxyd
 #   REQUESTS=5000 CLIENTS=20         the ab run
 #   BACKEND_HOST=127.0.0.1           how the proxies name nginx (localhost: a name to resolve)
-# Prints one table: calls per connection for each proxy, by call, and the total.
+# Prints one table: calls per connection for each proxy, by call, and the total; then the TCP
+# segments per connection that a second ab run, without strace, sent on the whole machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH=$PATH:/usr/sbin
@@ -24,7 +25,7 @@ BACKEND_HOST=${BACKEND_HOST:-127.0.0.1}
 SSP=/lib/systemd/systemd-socket-proxyd
 
 die() { echo "syscalls.sh: $*" >&2; exit 1; }
-for t in strace ab nginx systemd-socket-activate python3; do
+for t in strace ab nginx nstat systemd-socket-activate python3; do
     command -v "$t" >/dev/null || die "$t is not installed"
 done
 
@@ -111,6 +112,12 @@ EOF
     grep -q "^Failed requests: *0" "$WORK/ab.$tag" || die "$name: ab saw failed requests"
     kill -INT "$tracer"
     wait "$tracer" 2>/dev/null || true
+    # The same ab run again, without strace: TCP segments sent on the whole machine (nstat's
+    # TcpOutSegs over the run; anything else on the machine counts too, so keep it quiet).
+    nstat -n >/dev/null
+    ab -q -n "$REQUESTS" -c "$CLIENTS" "http://127.0.0.1:$port/" >"$WORK/ab2.$tag" 2>&1 ||
+        die "$name: ab failed: $(tail -3 "$WORK/ab2.$tag")"
+    nstat 2>/dev/null | awk '$1 == "TcpOutSegs" { print $2 }' >"$out.segments"
     kill -TERM "$pid" 2>/dev/null || true
     wait "$pid" 2>/dev/null || true
     # strace -c: "% time seconds usecs/call calls errors syscall"
@@ -142,4 +149,7 @@ print("|---|" + "---:|" * len(names))
 for c in calls:
     print(f"| {c} | " + " | ".join(f"{tables[p].get(c, 0) / n:.2f}" for p in names) + " |")
 print("| **total** | " + " | ".join(f"**{sum(tables[p].values()) / n:.2f}**" for p in names) + " |")
+segments = [open(f"{work}/calls.{i}.segments").read().strip() or "0" for i in range(len(names))]
+print("| TCP segments sent, whole machine (a second run, without strace) | "
+      + " | ".join(f"{int(s) / n:.2f}" for s in segments) + " |")
 EOF
