@@ -305,22 +305,12 @@ async fn connect_one(addr: &SockAddr, deadline: Option<Instant>) -> io::Result<C
 /// first gets it from [`crate::relay`] as soon as the client turns out to have sent nothing
 /// yet (or from the delayed-ACK timer at worst).
 fn hold_handshake_ack(socket: &Socket) -> io::Result<()> {
-    let on: libc::c_int = 1;
-    // SAFETY: a valid socket and a pointer to an int of the length given.
-    let rc = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            std::ptr::addr_of!(on).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    crate::relay::set_int_option(
+        socket.as_raw_fd(),
+        libc::IPPROTO_TCP,
+        libc::TCP_DEFER_ACCEPT,
+        1,
+    )
 }
 
 /// The text of an attempt that `--connect-timeout` cut short.

@@ -37,7 +37,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 
 use crate::cli::Config;
-use crate::relay::{tcp_info, Moved, Progress, Timeouts};
+use crate::relay::{set_int_option, tcp_info, Moved, Progress, Timeouts};
 
 // From linux/bpf.h (checked against this machine's header).
 const BPF_MAP_CREATE: libc::c_int = 0;
@@ -533,29 +533,6 @@ const TCP_REPAIR_OFF_NO_WP: libc::c_int = -1;
 const TCP_NO_QUEUE: libc::c_int = 0;
 const TCP_RECV_QUEUE: libc::c_int = 1;
 
-/// setsockopt(2) with an int value.
-fn setsockopt_int(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    v: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: the option reads one int from the pointer given, of the length given.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&v as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// getsockopt(2) of an int value.
 fn getsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Result<libc::c_int> {
     let mut v: libc::c_int = 0;
@@ -585,8 +562,8 @@ fn getsockopt_int(fd: RawFd, level: libc::c_int, name: libc::c_int) -> io::Resul
 /// queue's repair mode holds transmissions back, and it is not chosen).
 fn next_read_seq(fd: RawFd) -> io::Result<u32> {
     let reuse = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR)?;
-    setsockopt_int(fd, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON)?;
-    let queue = setsockopt_int(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE);
+    set_int_option(fd, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_ON)?;
+    let queue = set_int_option(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE);
     let seq = (|| loop {
         let before = queued(fd, libc::FIONREAD)?;
         let rcv_nxt = getsockopt_int(fd, libc::IPPROTO_TCP, TCP_QUEUE_SEQ)? as u32;
@@ -595,9 +572,9 @@ fn next_read_seq(fd: RawFd) -> io::Result<u32> {
             return Ok::<u32, io::Error>(rcv_nxt.wrapping_sub(before as u32));
         }
     })();
-    let no_queue = setsockopt_int(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
-    let off = setsockopt_int(fd, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
-    let back = setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse);
+    let no_queue = set_int_option(fd, libc::IPPROTO_TCP, TCP_REPAIR_QUEUE, TCP_NO_QUEUE);
+    let off = set_int_option(fd, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP);
+    let back = set_int_option(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, reuse);
     queue?;
     let seq = seq?;
     no_queue?;
@@ -610,21 +587,7 @@ fn next_read_seq(fd: RawFd) -> io::Result<u32> {
 /// when data is queued: once the socket is in the verdict map, that hook is the sockmap's,
 /// so data that arrived before the insertion is relayed now rather than at the next segment.
 fn kick(fd: RawFd) -> io::Result<()> {
-    let one: libc::c_int = 1;
-    // SAFETY: SO_RCVLOWAT reads one int from the pointer given, of the length given.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&one as *const libc::c_int).cast(),
-            size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    set_int_option(fd, libc::SOL_SOCKET, libc::SO_RCVLOWAT, 1)
 }
 
 /// The environment variable that lets `--kernel-relay` run although it is known to be
@@ -1070,17 +1033,7 @@ mod tests {
     fn repair_seq(s: &TcpStream, queue: libc::c_int) -> u32 {
         let fd = s.as_raw_fd();
         let set = |name: libc::c_int, v: libc::c_int| {
-            // SAFETY: the option reads one int from the pointer given, of the length given.
-            let rc = unsafe {
-                libc::setsockopt(
-                    fd,
-                    libc::IPPROTO_TCP,
-                    name,
-                    (&v as *const libc::c_int).cast(),
-                    size_of::<libc::c_int>() as libc::socklen_t,
-                )
-            };
-            assert_eq!(rc, 0, "{}", io::Error::last_os_error());
+            set_int_option(fd, libc::IPPROTO_TCP, name, v).expect("setsockopt in repair mode")
         };
         set(19, 1); // TCP_REPAIR on
         set(20, queue); // TCP_REPAIR_QUEUE

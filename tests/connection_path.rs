@@ -185,20 +185,9 @@ fn slow_handshake_is_waited_for() {
 /// Segments the backend's side of a connection has received (TCP_INFO `tcpi_segs_in`).
 fn segments_in(s: &TcpStream) -> u32 {
     use std::os::fd::AsRawFd;
-    // SAFETY: a zeroed tcp_info is valid, and getsockopt writes at most `len` bytes into it.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            std::ptr::addr_of_mut!(info).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "TCP_INFO: {}", std::io::Error::last_os_error());
-    info.tcpi_segs_in
+    rsproxyd::relay::tcp_info(s.as_raw_fd())
+        .expect("TCP_INFO")
+        .tcpi_segs_in
 }
 
 /// A client whose request is there when it is accepted: the backend connection's handshake
