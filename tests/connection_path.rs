@@ -140,18 +140,8 @@ fn queued_unix_clients_are_all_served() {
 /// is served once the backend makes room, not failed or dropped.
 #[test]
 fn slow_handshake_is_waited_for() {
-    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    socket
-        .bind(
-            &"127.0.0.1:0"
-                .parse::<std::net::SocketAddr>()
-                .unwrap()
-                .into(),
-        )
-        .unwrap();
     // Backlog 0: one connection fills the accept queue.
-    socket.listen(0).unwrap();
-    let backend: TcpListener = socket.into();
+    let backend = Cold::new().listen_with_backlog(0);
     let baddr = backend.local_addr().unwrap();
     let filler = TcpStream::connect(baddr).unwrap();
     let (proxy, addr) = spawn_proxy(&baddr.to_string(), &["--connect-timeout=15s"], &[]);

@@ -219,7 +219,12 @@ impl Cold {
     }
 
     pub fn listen(self) -> TcpListener {
-        self.socket.listen(1024).unwrap();
+        self.listen_with_backlog(1024)
+    }
+
+    /// Listens with an accept queue of `backlog` (0: one connection fills it).
+    pub fn listen_with_backlog(self, backlog: i32) -> TcpListener {
+        self.socket.listen(backlog).unwrap();
         self.socket.into()
     }
 }
